@@ -172,4 +172,3 @@ func dialHybrid(ctx context.Context, a Addr, timeout time.Duration) (net.Conn, e
 	conn.SetDeadline(time.Time{})
 	return conn, nil
 }
-
