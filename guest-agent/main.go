@@ -1,0 +1,128 @@
+// Command guest-agent is sailbox's in-guest daemon: it executes commands,
+// moves files, probes listeners and quiesces the guest for snapshots, served
+// over ttrpc on AF_VSOCK (or a unix socket for local use and tests).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/sailbox/sailbox/guest-agent/execengine"
+	"github.com/sailbox/sailbox/guest-agent/reaper"
+	"github.com/sailbox/sailbox/guest-agent/service"
+	"github.com/sailbox/sailbox/internal/version"
+	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"github.com/sailbox/sailbox/protocol/transport"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "guest-agent:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen      string
+	stateDir    string
+	outputCap   uint64
+	finishedTTL time.Duration
+	killGrace   time.Duration
+	logLevel    string
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.listen, "listen", "vsock://:10000", "address to serve on: vsock://:PORT or unix:///path")
+	flag.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "scratch state (exec output spools); must not be a filesystem that gets frozen")
+	flag.Uint64Var(&o.outputCap, "output-cap", 64<<20, "default per-stream output cap in bytes (past it output is counted and reported truncated)")
+	flag.DurationVar(&o.finishedTTL, "finished-ttl", time.Hour, "release finished execs nobody released after this long")
+	flag.DurationVar(&o.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when an exec times out")
+	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.Version)
+		os.Exit(0)
+	}
+	return o
+}
+
+// defaultStateDir prefers /run (tmpfs in the guest) and falls back to the
+// user's runtime or temp dir when /run is not writable (local use).
+func defaultStateDir() string {
+	if unixAccessW("/run") {
+		return "/run/sailbox-agent"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "sailbox-agent")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("sailbox-agent-%d", os.Getuid()))
+}
+
+func unixAccessW(dir string) bool { return syscall.Access(dir, 2 /* W_OK */) == nil }
+
+func run() error {
+	o := parseFlags()
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	rp, err := reaper.New(log)
+	if err != nil {
+		return fmt.Errorf("become subreaper: %w", err)
+	}
+	// Each agent process gets its own spool dir, so a restarted agent never
+	// mixes its state with that of the one before it.
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir %s: %w", o.stateDir, err)
+	}
+	execs, err := execengine.NewManager(ctx, execengine.Config{
+		StateDir: o.stateDir, DefaultOutputCap: o.outputCap, FinishedTTL: o.finishedTTL,
+		KillGrace: o.killGrace, Logger: log,
+	}, rp)
+	if err != nil {
+		return err
+	}
+
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	// The agent's services. Each is a thin layer in guest-agent/service.
+	agentv1.RegisterAgentService(srv, &service.Agent{Started: time.Now(), M: execs})
+	agentv1.RegisterExecService(srv, &service.Exec{M: execs})
+
+	l, err := transport.Listen(o.listen)
+	if err != nil {
+		return err
+	}
+	log.Info("guest agent serving", "listen", o.listen, "version", version.Version, "state_dir", o.stateDir, "pid", os.Getpid())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", o.listen, err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	srv.Close()
+	return nil
+}

@@ -1,0 +1,123 @@
+// Package spool keeps one output stream of an exec in an append-only file
+// addressed by byte offset, so readers can start anywhere, follow new data,
+// and resume after a disconnect without gaps or duplicates.
+//
+// A spool has a cap: bytes past it are counted but not kept, and the spool
+// reports itself truncated; it never blocks or fails the writer.
+package spool
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Spool is an append-only, offset-addressed byte log on a file.
+type Spool struct {
+	path string
+	f    *os.File
+	cap  uint64
+
+	mu      sync.Mutex
+	kept    uint64 // bytes stored in f
+	total   uint64 // bytes written, including those past the cap
+	closed  bool   // no more writes
+	changed chan struct{}
+	werr    error
+}
+
+// Create makes a new spool file at path that keeps at most cap bytes.
+func Create(path string, cap uint64) (*Spool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create spool: %w", err)
+	}
+	return &Spool{path: path, f: f, cap: cap, changed: make(chan struct{})}, nil
+}
+
+// Write appends p, keeping what fits under the cap. It reports len(p) so that
+// a copier never stops draining its source because of the cap. An error
+// writing the file (a full tmpfs) is remembered and the data counted as lost
+// to truncation.
+func (s *Spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, os.ErrClosed
+	}
+	keep := uint64(len(p))
+	if room := s.cap - min(s.kept, s.cap); keep > room {
+		keep = room
+	}
+	if keep > 0 && s.werr == nil {
+		n, err := s.f.WriteAt(p[:keep], int64(s.kept))
+		s.kept += uint64(n)
+		if err != nil {
+			s.werr = err
+			s.cap = s.kept // stop keeping: readers see truncation, not a hole
+		}
+	}
+	s.total += uint64(len(p))
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return len(p), nil
+}
+
+// CloseWrite marks the end of the stream and wakes followers.
+func (s *Spool) CloseWrite() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+}
+
+// Changed returns a channel closed at the next write or CloseWrite. Take it
+// before reading so that no write can slip between the read and the wait.
+func (s *Spool) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Info describes a spool at one moment.
+type Info struct {
+	Kept, Total uint64
+	Truncated   bool
+	Closed      bool
+	WriteErr    error
+}
+
+// Info returns the spool's sizes and state.
+func (s *Spool) Info() Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Info{Kept: s.kept, Total: s.total, Truncated: s.total > s.kept, Closed: s.closed, WriteErr: s.werr}
+}
+
+// ReadAt reads kept bytes at off; it returns io.EOF at the current end.
+func (s *Spool) ReadAt(p []byte, off uint64) (int, error) {
+	s.mu.Lock()
+	kept := s.kept
+	s.mu.Unlock()
+	if off > kept {
+		return 0, fmt.Errorf("offset %d is past the end of the output (%d bytes)", off, kept)
+	}
+	if off == kept {
+		return 0, io.EOF
+	}
+	if rest := kept - off; uint64(len(p)) > rest {
+		p = p[:rest]
+	}
+	return s.f.ReadAt(p, int64(off))
+}
+
+// Remove closes and deletes the spool file.
+func (s *Spool) Remove() error {
+	s.CloseWrite()
+	s.f.Close()
+	return os.Remove(s.path)
+}
