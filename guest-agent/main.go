@@ -120,6 +120,7 @@ func run() error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
+	execs.Shutdown()
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)

@@ -194,6 +194,16 @@ func (m *Manager) supervise(e *Exec, p *started) {
 	m.log.Debug("exec finished", "id", e.id, "status", ws)
 }
 
+// Shutdown kills the process group of every running exec (the agent is
+// going away in an orderly way; nobody would be left to collect them).
+func (m *Manager) Shutdown() {
+	for _, e := range m.List() {
+		if !e.Status().State.Final() {
+			e.proc.signalGroup(syscall.SIGKILL)
+		}
+	}
+}
+
 // Get returns an exec by id.
 func (m *Manager) Get(id string) (*Exec, error) {
 	m.mu.Lock()
@@ -269,4 +279,3 @@ func unwrapPathErr(err error) error {
 	}
 	return err
 }
-
