@@ -86,18 +86,19 @@ func (p Policy) entries() (map[lpmKey]uint32, error) {
 				continue
 			}
 			if !pfx.Overlaps(v4Mapped) {
-				out[makeKey(portBits+pfx.Bits(), port, pfx.Addr().As16())] = valAllow
+				if k := makeKey(portBits+pfx.Bits(), port, pfx.Addr().As16()); out[k] != valSplit {
+					out[k] = valAllow
+				}
 				continue
 			}
 			// pfx contains ::ffff:0:0/96 (checkPrefix rejects prefixes
 			// inside it): an entry for pfx would also admit IPv4 sources.
 			// Allow pfx minus the mapped range instead: the sibling of
 			// the path to ::ffff:0:0 at every length below 96.
+			// A piece that is also listed on its own stays a piece, so
+			// that decode can merge the chain back.
 			for _, piece := range splitAroundMapped(pfx) {
-				k := makeKey(portBits+piece.Bits(), port, piece.Addr().As16())
-				if out[k] != valAllow {
-					out[k] = valSplit
-				}
+				out[makeKey(portBits+piece.Bits(), port, piece.Addr().As16())] = valSplit
 			}
 		}
 	}
@@ -138,7 +139,9 @@ func sibling(l int) netip.Prefix {
 
 // decode turns trie contents back into a Policy: IPv4 entries unmapped,
 // split IPv6 pieces merged back into the prefix they came from. Policed
-// ports with no allowed prefix appear with an empty, non-nil list.
+// ports with no allowed prefix appear with an empty, non-nil list. Of the
+// IPv6 prefixes containing ::ffff:0:0/96 only the shortest comes back (see
+// normalized).
 func decode(entries map[lpmKey]uint32) Policy {
 	pol := make(Policy)
 	v6 := make(map[uint16]map[netip.Prefix]uint32)
@@ -165,7 +168,7 @@ func decode(entries map[lpmKey]uint32) Policy {
 		// length 96 into the prefix it was cut from.
 		if set[sibling(96)] == valSplit {
 			l := 96
-			for l > 1 && set[sibling(l-1)] != 0 {
+			for l > 1 && set[sibling(l-1)] == valSplit {
 				l--
 			}
 			for m := l; m <= 96; m++ {
@@ -188,4 +191,36 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
+}
+
+// normalized returns p as List reports it: sorted, without duplicates,
+// without open ports, and without the prefixes made redundant by the
+// shortest IPv6 prefix containing ::ffff:0:0/96 (they share its trie
+// entries): longer prefixes that contain the range too, and prefixes that
+// equal one of its pieces.
+func (p Policy) normalized() Policy {
+	out := make(Policy)
+	for port, ps := range p {
+		if len(ps) == 0 {
+			continue
+		}
+		shortest := -1
+		for _, pfx := range ps {
+			if pfx.Addr().Is6() && pfx.Overlaps(v4Mapped) && (shortest < 0 || pfx.Bits() < shortest) {
+				shortest = pfx.Bits()
+			}
+		}
+		var c []netip.Prefix
+		for _, pfx := range ps {
+			redundant := shortest >= 0 && pfx.Addr().Is6() &&
+				(pfx.Overlaps(v4Mapped) && pfx.Bits() > shortest ||
+					pfx.Bits() > shortest && pfx.Bits() <= 96 && pfx == sibling(pfx.Bits()))
+			if !redundant {
+				c = append(c, pfx)
+			}
+		}
+		slices.SortFunc(c, comparePrefix)
+		out[port] = slices.Compact(c)
+	}
+	return out
 }
