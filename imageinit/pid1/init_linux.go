@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/mdlayher/vsock"
+	"github.com/sailbox/sailbox/rootfs/envfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -85,6 +87,7 @@ type pid1 struct {
 	mounts []string // what we mounted, for unmounting in reverse
 
 	agentPID     int
+	agentEnv     []string
 	agentStarted time.Time
 	backoff      time.Duration
 	restartAt    time.Time // zero when no restart is pending
@@ -120,6 +123,7 @@ func (p *pid1) boot() {
 	if p.cfg.DataDisk != "" {
 		p.mount(p.cfg.DataDisk, p.cfg.DataDir, "ext4", 0, "")
 	}
+	p.agentEnv = agentEnv(p.log)
 	if !p.cfg.BootOnly {
 		p.stopCh = make(chan string, 1)
 		p.startControl()
@@ -266,6 +270,30 @@ func (p *pid1) serveControl(c net.Conn) {
 	}
 }
 
+// agentEnv is a base environment overridden by the image's env file.
+func agentEnv(log *slog.Logger) []string {
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux"}
+	f, err := os.Open(envfile.Path)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("image environment", "path", envfile.Path, "err", err)
+		}
+		return env
+	}
+	defer f.Close()
+	vars, err := envfile.Parse(f)
+	if err != nil {
+		log.Warn("image environment", "path", envfile.Path, "err", err)
+		return env
+	}
+	for _, kv := range envfile.Environ(vars) {
+		k, _, _ := strings.Cut(kv, "=")
+		env = slices.DeleteFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") })
+		env = append(env, kv)
+	}
+	return env
+}
+
 func (p *pid1) startAgent() {
 	p.restartAt = time.Time{}
 	devnull, err := os.Open("/dev/null")
@@ -274,7 +302,7 @@ func (p *pid1) startAgent() {
 	}
 	attr := &os.ProcAttr{
 		Dir:   "/",
-		Env:   []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux"},
+		Env:   p.agentEnv,
 		Files: []*os.File{devnull, os.Stdout, os.Stderr},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
@@ -313,10 +341,12 @@ func (p *pid1) reap() {
 		}
 		if pid == p.agentPID && p.agentPID != 0 {
 			p.agentPID = 0
-			p.log.Warn("agent exited", "pid", pid, "status", describe(ws))
-			if p.reason == "" {
-				p.scheduleRestart()
+			if p.reason != "" {
+				p.log.Info("agent stopped", "pid", pid, "status", describe(ws))
+				continue
 			}
+			p.log.Warn("agent exited", "pid", pid, "status", describe(ws))
+			p.scheduleRestart()
 		}
 	}
 }
@@ -362,7 +392,7 @@ func (p *pid1) shutdown(reason string) error {
 	if p.reason == "" {
 		p.reason = reason
 	}
-	p.log.Info("shutting down", "reason", reason)
+	p.log.Info("shutting down", "reason", p.reason)
 	if p.control != nil {
 		p.control.Close()
 	}
