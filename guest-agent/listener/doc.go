@@ -17,9 +17,13 @@
 // and fanotify see no sockets. The one real event source, the
 // sock:inet_sock_set_state tracepoint via eBPF, needs BPF and tracepoints in
 // the guest kernel and CAP_BPF, and would still need a dump for listeners
-// that predate the subscription; a dump filtered to one port in the kernel
-// costs tens of microseconds, so polling at 10 ms keeps the median detection
-// latency at about 5 ms for well under 1% of a CPU. Peers poll once a second.
+// that predate the subscription. A sock_diag query for one port (both
+// families) costs about 50 µs, so polling every 10 ms keeps the median
+// detection latency near 5 ms (BenchmarkDetectionLatency) for about 0.5% of
+// a CPU; peers scan once a second (median 0.5 s). Reading /proc/net/tcp
+// walks the whole established hash (milliseconds), so the poll interval is
+// kept at 20 times the last query's cost at least: the fallback is slower
+// but cannot eat a CPU.
 //
 // The package is plain Go with no RPC in it: guest-agent/service puts a thin
 // ttrpc layer on top. Errors are gRPC status errors; a timeout is

@@ -91,7 +91,10 @@ type Prober struct {
 	Source Source
 	// MinInterval and MaxInterval bound the adaptive poll interval while
 	// nothing listens: it starts at MinInterval and grows by a quarter per
-	// poll up to MaxInterval. Defaults 1 ms and 10 ms.
+	// poll up to MaxInterval. Defaults 1 ms and 10 ms. The interval never
+	// drops below pollCostFactor times the cost of the last query, so a
+	// slow source (/proc/net/tcp walks the whole established hash, ~4 ms)
+	// cannot eat a CPU.
 	MinInterval, MaxInterval time.Duration
 	// Logger receives debug records; nil means slog.Default().
 	Logger *slog.Logger
@@ -108,6 +111,8 @@ const (
 	// closed, reset, not SSH), retry with this backoff, doubling.
 	minRetry = 10 * time.Millisecond
 	maxRetry = 250 * time.Millisecond
+	// A poll may cost at most 1/pollCostFactor of the time between polls.
+	pollCostFactor = 20
 	// maxLine bounds the bytes read while looking for a banner or status
 	// line; RFC 4253 lets an SSH server send other lines before its
 	// identification, each at most 255 bytes.
@@ -161,11 +166,13 @@ func (p *Prober) Wait(ctx context.Context, req Request) (Result, error) {
 	defer timer.Stop()
 	<-timer.C
 	for {
+		t0 := time.Now()
 		ls, err := finder.Listeners(port)
+		cost := time.Since(t0)
 		if err != nil {
 			return Result{}, status.Errorf(codes.Internal, "listener port %d: %v", req.Port, err)
 		}
-		wait := interval
+		wait := max(interval, pollCostFactor*cost)
 		if len(ls) == 0 {
 			interval = min(interval+interval/4+1, maxIv)
 		} else {
