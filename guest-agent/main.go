@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/guest-agent/execengine"
+	"github.com/sailbox/sailbox/guest-agent/listener"
 	"github.com/sailbox/sailbox/guest-agent/reaper"
 	"github.com/sailbox/sailbox/guest-agent/service"
 	"github.com/sailbox/sailbox/internal/version"
@@ -106,6 +107,7 @@ func run() error {
 	// The agent's services. Each is a thin layer in guest-agent/service.
 	agentv1.RegisterAgentService(srv, &service.Agent{Started: time.Now(), M: execs})
 	agentv1.RegisterExecService(srv, &service.Exec{M: execs})
+	agentv1.RegisterListenerService(srv, &service.Listener{P: listener.Prober{Logger: log}})
 
 	l, err := transport.Listen(o.listen)
 	if err != nil {
