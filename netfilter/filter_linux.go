@@ -52,6 +52,9 @@ type State struct {
 	Drops  uint64 // packets dropped since attach
 }
 
+// attachTCX is link.AttachTCX; tests replace it to force the tc fallback.
+var attachTCX = link.AttachTCX
+
 // Attach, Apply, Update, List, Detach and Devices call the same methods of
 // Filters{} (DefaultRoot, ModeAuto).
 func Attach(device string, p Policy) error { return Filters{}.Attach(device, p) }
@@ -310,7 +313,7 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 	}
 	mode := f.Mode
 	if mode == ModeAuto || mode == ModeTCX {
-		l, err := link.AttachTCX(link.TCXOptions{
+		l, err := attachTCX(link.TCXOptions{
 			Interface: iface.Index,
 			Program:   objs.Prog,
 			Attach:    ebpf.AttachTCXEgress,
