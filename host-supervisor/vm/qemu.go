@@ -383,3 +383,6 @@ func (v *VM) cleanup() {
 		v.cancel()
 	}
 }
+
+// PID is QEMU's process id.
+func (v *VM) PID() int { return v.cmd.Process.Pid }

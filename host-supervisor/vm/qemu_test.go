@@ -118,3 +118,34 @@ func TestQMP(t *testing.T) {
 		t.Errorf("console.log lacks the ready marker")
 	}
 }
+
+// TestCleanPoweroffOverVsock boots with the vhost-user-vsock backend and no
+// agent, and powers off through imageinit's control port over the hybrid
+// socket: QEMU must exit by itself.
+func TestCleanPoweroffOverVsock(t *testing.T) {
+	testcap.Command(t, "qemu-system-aarch64")
+	k := testKernel(t)
+	img := bootImage(t, k, VsockModules)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var console strings.Builder
+	v, err := Start(ctx, Config{Name: "poweroff", Dir: t.TempDir(), Kernel: k, Initramfs: img,
+		Cmdline: []string{"sailbox.agent=none"}, NewVsock: DefaultVsock, Console: &console})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Kill)
+	if _, err := v.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clean, err := v.Shutdown(ctx, 20*time.Second)
+	if !clean || err != nil {
+		t.Fatalf("shutdown: clean=%v err=%v\n%s", clean, err, console.String())
+	}
+	if err := v.Wait(ctx); err != nil {
+		t.Fatalf("qemu exit: %v", err)
+	}
+	if !strings.Contains(console.String(), `reason="control port"`) || !strings.Contains(console.String(), pid1.PoweroffMarker) {
+		t.Errorf("console:\n%s", console.String())
+	}
+}
