@@ -237,3 +237,19 @@ func (q *DriverQueue) WaitCall(ctx context.Context) error {
 	}
 	return err
 }
+
+// Reserve takes n free descriptors for a chain the caller writes itself
+// with SetDesc (for hostile-guest tests); they are freed when the device
+// returns the chain headed by the first one.
+func (q *DriverQueue) Reserve(n int) ([]uint16, error) {
+	if n <= 0 || n > len(q.free) {
+		return nil, errors.New("virtqueue full")
+	}
+	ids := append([]uint16(nil), q.free[len(q.free)-n:]...)
+	q.free = q.free[:len(q.free)-n]
+	q.chains[ids[0]] = ids
+	return ids, nil
+}
+
+// AvailIdx is the driver's avail index.
+func (q *DriverQueue) AvailIdx() uint16 { return q.availIdx }
