@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"sync/atomic"
@@ -61,6 +62,9 @@ type autoFinder struct {
 	fallback atomic.Bool
 }
 
+// fallbackLogged makes the switch to /proc/net a single warning per agent.
+var fallbackLogged atomic.Bool
+
 func (a *autoFinder) Name() string {
 	if a.fallback.Load() {
 		return "procnet"
@@ -77,6 +81,9 @@ func (a *autoFinder) Listeners(port uint16) ([]Listening, error) {
 			return ls, nil
 		}
 		a.fallback.Store(true)
+		if !fallbackLogged.Swap(true) {
+			slog.Warn("sock_diag query failed; finding listeners through /proc/net (slower polls)", "err", err)
+		}
 	}
 	return procFinder{}.Listeners(port)
 }

@@ -109,3 +109,28 @@ func TestFinders(t *testing.T) {
 		}
 	}
 }
+
+// SourceAuto falls back to /proc/net for good once sock_diag fails (as it
+// does on a guest kernel without inet_diag).
+func TestAutoFinderFallback(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sd, err := openSockDiag()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd.Close()
+	sd.fd = -1 // every query now fails with EBADF
+	a := &autoFinder{sd: sd}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ls, err := a.Listeners(port)
+	if err != nil || len(ls) != 1 || ls[0].Addr.String() != ln.Addr().String() {
+		t.Fatalf("after sock_diag failed: %v, %v; want [%v] from procnet", ls, err, ln.Addr())
+	}
+	if a.Name() != "procnet" {
+		t.Errorf("name %q after fallback, want procnet", a.Name())
+	}
+}
