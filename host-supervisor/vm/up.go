@@ -1,0 +1,153 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// UpOptions are what `host-supervisor vm up` takes.
+type UpOptions struct {
+	Name      string
+	Dir       string // run directory (sockets, console.log, initramfs)
+	Init      string // static arm64 imageinit
+	Agent     string // static arm64 guest-agent
+	MemoryMiB int
+	CPUs      int
+	DataFrom  string // populate an ext4 data disk (mounted at /data) from this host dir
+	DataMiB   int
+	Append    []string // extra kernel command line words
+	Console   io.Writer
+	Logger    *slog.Logger
+}
+
+// Up fetches the kernel and busybox (cached), writes the initramfs and
+// boots the VM with the vsock backend. It returns once imageinit is ready;
+// the agent is then reachable at vm.AgentAddr() (Dial retries until it
+// listens).
+func Up(ctx context.Context, o UpOptions) (*VM, error) {
+	if o.Name == "" {
+		o.Name = "sailbox"
+	}
+	if o.Dir == "" {
+		base := os.Getenv("XDG_RUNTIME_DIR")
+		if base == "" {
+			base = os.TempDir()
+		}
+		o.Dir = filepath.Join(base, "sailbox-vm-"+o.Name)
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	for _, p := range []*string{&o.Init, &o.Agent} {
+		if _, err := os.Stat(*p); err != nil {
+			return nil, fmt.Errorf("vm %s: %w (run `make build` for bin/linux-arm64/)", o.Name, err)
+		}
+	}
+	f := &Fetcher{Logger: o.Logger}
+	k, err := f.Kernel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bb, err := f.Busybox(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mods := VsockModules
+	cfg := Config{Name: o.Name, Dir: o.Dir, Kernel: k, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs,
+		Cmdline: append([]string{"sailbox.hostname=" + o.Name}, o.Append...), NewVsock: DefaultVsock,
+		Console: o.Console, Logger: o.Logger}
+	if o.DataFrom != "" || o.DataMiB > 0 {
+		mods = append(append([]string{}, mods...), DiskModules...)
+		cfg.DataDisk = filepath.Join(o.Dir, "data.ext4")
+		if err := MakeDataDisk(ctx, cfg.DataDisk, o.DataMiB, o.DataFrom); err != nil {
+			return nil, err
+		}
+	}
+	cfg.Initramfs = filepath.Join(o.Dir, "initramfs.cpio")
+	if err := BuildInitramfs(cfg.Initramfs, Image{Init: o.Init, Agent: o.Agent, Busybox: bb, Kernel: k, Modules: mods, Hostname: o.Name}); err != nil {
+		return nil, err
+	}
+	v, err := Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := v.WaitReady(ctx); err != nil {
+		v.Kill()
+		return nil, err
+	}
+	return v, nil
+}
+
+// RunUp is `host-supervisor vm up [flags]`: boot a VM, print the agent's
+// address, keep it up until SIGINT/SIGTERM (or ctx ends), then power it off
+// cleanly. It returns the process exit status.
+func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("vm up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	exeDir := "."
+	if exe, err := os.Executable(); err == nil {
+		exeDir = filepath.Dir(exe)
+	}
+	var o UpOptions
+	var quiet bool
+	var appendArgs string
+	fs.StringVar(&o.Name, "name", "sailbox", "VM name (also its hostname)")
+	fs.StringVar(&o.Dir, "dir", "", "run directory (default $XDG_RUNTIME_DIR or /tmp, sailbox-vm-NAME)")
+	fs.StringVar(&o.Init, "init", filepath.Join(exeDir, "linux-arm64", "imageinit"), "static arm64 imageinit")
+	fs.StringVar(&o.Agent, "agent", filepath.Join(exeDir, "linux-arm64", "guest-agent"), "static arm64 guest-agent")
+	fs.IntVar(&o.MemoryMiB, "memory", 512, "guest memory in MiB")
+	fs.IntVar(&o.CPUs, "cpus", 1, "guest vCPUs")
+	fs.StringVar(&o.DataFrom, "data-from", "", "host directory copied into an ext4 data disk mounted at /data")
+	fs.IntVar(&o.DataMiB, "data-size", 0, "data disk size in MiB (0: no disk unless --data-from; then 64)")
+	fs.StringVar(&appendArgs, "append", "", "extra kernel command line")
+	fs.BoolVar(&quiet, "quiet", false, "do not copy the guest console to stderr")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vm up: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	o.Append = strings.Fields(appendArgs)
+	if !quiet {
+		o.Console = stderr
+	}
+	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	v, err := Up(ctx, o)
+	if err != nil {
+		fmt.Fprintln(stderr, "error:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "vm %s up in %v\nagent: %s\nconsole: %s\ntry: host-supervisor exec --agent %s -- uname -a\n",
+		o.Name, time.Since(start).Round(time.Millisecond), v.AgentAddr(), filepath.Join(v.cfg.Dir, "console.log"), v.AgentAddr())
+	select {
+	case <-ctx.Done():
+	case <-v.Done():
+		fmt.Fprintf(stderr, "vm %s: QEMU exited: %v\n", o.Name, v.exitErr)
+		return 1
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clean, err := v.Shutdown(sctx, 20*time.Second)
+	if !clean {
+		fmt.Fprintf(stderr, "vm %s: no clean power-off (%v); QEMU was stopped\n", o.Name, err)
+		return 1
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		fmt.Fprintf(stdout, "vm %s powered off\n", o.Name)
+	}
+	return 0
+}

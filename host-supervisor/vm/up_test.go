@@ -1,0 +1,88 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sailbox/sailbox/host-supervisor/agentclient"
+	"github.com/sailbox/sailbox/internal/testcap"
+	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+)
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestRunUp is `host-supervisor vm up` with an ext4 data disk: the agent
+// answers at the printed address, the disk is mounted at /data, and
+// cancelling powers the VM off cleanly.
+func TestRunUp(t *testing.T) {
+	testcap.Command(t, "qemu-system-aarch64")
+	testcap.Command(t, "mkfs.ext4")
+	testKernel(t)
+	bin := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, p := range []string{"imageinit", "guest-agent"} {
+		if err := BuildArm64(ctx, "github.com/sailbox/sailbox/"+p, filepath.Join(bin, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := t.TempDir()
+	os.WriteFile(filepath.Join(data, "hello.txt"), []byte("hello-data\n"), 0o644)
+	dir := t.TempDir()
+	upCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var stdout, stderr lockedBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- RunUp(upCtx, []string{"--name", "uptest", "--dir", dir, "--init", filepath.Join(bin, "imageinit"),
+			"--agent", filepath.Join(bin, "guest-agent"), "--data-from", data, "--data-size", "32"}, &stdout, &stderr)
+	}()
+	var addr string
+	for addr == "" {
+		select {
+		case rc := <-done:
+			t.Fatalf("RunUp returned %d early\nstdout:%s\nstderr:%s", rc, stdout.String(), stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		for _, l := range strings.Split(stdout.String(), "\n") {
+			if a, ok := strings.CutPrefix(l, "agent: "); ok {
+				addr = a
+			}
+		}
+	}
+	c, err := agentclient.New(addr, agentclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id := "cat-data"
+	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: id, Command: "cat /data/hello.txt; hostname; grep ' /data ' /proc/mounts | cut -d' ' -f3"}); err != nil {
+		t.Fatal(err)
+	}
+	var o, e bytes.Buffer
+	st, _, err := c.CopyOutput(ctx, id, agentclient.Offsets{}, true, &o, &e)
+	if err != nil || st.ExitCode != 0 || o.String() != "hello-data\nuptest\next4\n" {
+		t.Fatalf("exec: %q %q %v %v\nconsole:\n%s", o.String(), e.String(), st, err, stderr.String())
+	}
+	stop()
+	select {
+	case rc := <-done:
+		if rc != 0 || !strings.Contains(stdout.String(), "powered off") {
+			t.Fatalf("RunUp: %d\nstdout:%s\nstderr:%s", rc, stdout.String(), stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("RunUp did not return after cancel")
+	}
+}
