@@ -58,7 +58,12 @@ func newTopo(t *testing.T) *topo {
 			}
 		})
 	}
-	ip("link", "add", tp.dev, "netns", tp.host, "type", "veth", "peer", "name", tp.peer, "netns", tp.guest)
+	// Fixed MACs and permanent neighbour entries: the first IPv6 connect
+	// from a secondary address otherwise waits a second for neighbour
+	// discovery, which would look like a dropped SYN.
+	const hostMAC, guestMAC = "02:5b:0c:00:00:01", "02:5b:0c:00:00:02"
+	ip("link", "add", tp.dev, "address", hostMAC, "netns", tp.host, "type", "veth",
+		"peer", "name", tp.peer, "address", guestMAC, "netns", tp.guest)
 	for _, a := range []string{"10.77.0.1/24", "10.77.0.3/24", "10.77.0.4/24"} {
 		ip("-n", tp.host, "addr", "add", a, "dev", tp.dev)
 	}
@@ -67,6 +72,12 @@ func newTopo(t *testing.T) *topo {
 	}
 	ip("-n", tp.guest, "addr", "add", "10.77.0.2/24", "dev", tp.peer)
 	ip("-n", tp.guest, "addr", "add", "fd77::2/64", "dev", tp.peer, "nodad")
+	for _, a := range []string{"10.77.0.2", "fd77::2"} {
+		ip("-n", tp.host, "neigh", "replace", a, "lladdr", guestMAC, "dev", tp.dev, "nud", "permanent")
+	}
+	for _, a := range []string{"10.77.0.1", "10.77.0.3", "10.77.0.4", "fd77::1", "fd77::3", "fd77::4"} {
+		ip("-n", tp.guest, "neigh", "replace", a, "lladdr", hostMAC, "dev", tp.peer, "nud", "permanent")
+	}
 	for _, l := range [][2]string{{tp.host, tp.dev}, {tp.host, "lo"}, {tp.guest, tp.peer}, {tp.guest, "lo"}} {
 		ip("-n", l[0], "link", "set", l[1], "up")
 	}
