@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -130,4 +131,43 @@ func TestEndToEnd(t *testing.T) {
 			tp.expect(t, tp.host, guestAddrs, everyoneOpen)
 		})
 	}
+}
+
+// TestStalePins: when the device goes away (the VM's tap is deleted) and a
+// device with the same name comes back, the old pins are not mistaken for a
+// live filter: Update fails, Apply attaches anew.
+func TestStalePins(t *testing.T) {
+	tp := newTopo(t)
+	tp.serve(t, tp.guest, ":8080")
+	pol := Policy{8080: {pf("10.77.0.1/32")}}
+	tp.in(t, tp.host, func() {
+		if err := tp.filters.Attach(tp.dev, pol); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Re-create the veth pair under the same names (addresses, neighbours).
+	for _, args := range [][]string{
+		{"-n", tp.host, "link", "del", tp.dev},
+		{"link", "add", tp.dev, "address", "02:5b:0c:00:00:01", "netns", tp.host, "type", "veth",
+			"peer", "name", tp.peer, "address", "02:5b:0c:00:00:02", "netns", tp.guest},
+		{"-n", tp.host, "addr", "add", "10.77.0.1/24", "dev", tp.dev},
+		{"-n", tp.host, "addr", "add", "10.77.0.3/24", "dev", tp.dev},
+		{"-n", tp.guest, "addr", "add", "10.77.0.2/24", "dev", tp.peer},
+		{"-n", tp.host, "link", "set", tp.dev, "up"},
+		{"-n", tp.guest, "link", "set", tp.peer, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, true}})
+	tp.in(t, tp.host, func() {
+		if err := tp.filters.Update(tp.dev, pol); !errors.Is(err, ErrNotAttached) {
+			t.Errorf("Update on a re-created device: %v, want ErrNotAttached", err)
+		}
+		if err := tp.filters.Apply(tp.dev, pol); err != nil {
+			t.Fatal(err)
+		}
+	})
+	tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, false}, {h1, 8080, true}})
 }
