@@ -24,6 +24,9 @@ func OpenFinder(src Source) (Finder, error) {
 	case SourceAuto:
 		sd, err := openSockDiag()
 		if err != nil {
+			if !fallbackLogged.Swap(true) {
+				slog.Warn("no sock_diag; finding listeners through /proc/net (slower polls)", "err", err)
+			}
 			return procFinder{}, nil
 		}
 		return &autoFinder{sd: sd}, nil

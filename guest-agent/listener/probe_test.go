@@ -237,6 +237,7 @@ func TestWaitBindAddresses(t *testing.T) {
 	binds := []struct{ network, addr, bind, dial string }{
 		{"tcp4", "127.0.0.1:0", "127.0.0.1", "127.0.0.1"},
 		{"tcp4", "0.0.0.0:0", "0.0.0.0", "127.0.0.1"},
+		{"tcp4", "127.0.0.2:0", "127.0.0.2", "127.0.0.2"}, // a specific address: 127.0.0.1 would be refused
 		{"tcp6", "[::1]:0", "::1", "::1"},
 		{"tcp6", "[::]:0", "::", "::1"}, // IPv6-only listener
 		{"tcp", ":0", "::", "::1"},      // dual-stack
