@@ -153,3 +153,11 @@ func imageID(digest, agentSHA, initSHA, kernelPkg string) string {
 	e.str("sailbox.image.id.v1", digest, agentSHA, initSHA, kernelPkg, layoutVersion)
 	return e.sum()
 }
+
+// short abbreviates a digest for messages.
+func short(d string) string {
+	if len(d) > 12 {
+		return d[:12]
+	}
+	return d
+}

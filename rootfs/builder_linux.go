@@ -501,9 +501,7 @@ func (bd *build) copyResolvConf() error {
 	if err != nil {
 		return nil
 	}
-	dst := filepath.Join(bd.tree, "etc", "resolv.conf")
-	os.Remove(dst)
-	return os.WriteFile(dst, b, 0o644)
+	return writeInRoot(bd.tree, "/etc/resolv.conf", b, 0o644)
 }
 
 // hostCommand runs argv on the host in its own process group, killed as a
@@ -932,13 +930,6 @@ func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Mi
 func clock(d time.Duration) string {
 	s := int(d.Seconds())
 	return fmt.Sprintf("[%02d:%02d]", s/60, s%60)
-}
-
-func short(d string) string {
-	if len(d) > 12 {
-		return d[:12]
-	}
-	return d
 }
 
 func tail(b []byte, n int) []byte {
