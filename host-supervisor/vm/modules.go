@@ -12,8 +12,10 @@ import (
 // Module sets for the guest. Names are module names (dashes or underscores);
 // ModuleClosure adds their dependencies.
 var (
-	// VsockModules: virtio over PCI and MMIO plus the virtio-vsock transport.
-	VsockModules = []string{"virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"}
+	// VsockModules: the AF_VSOCK core first (imageinit starts the agent as
+	// soon as it is in), then virtio over PCI and MMIO and the virtio-vsock
+	// transport.
+	VsockModules = []string{"vsock", "virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"}
 	// DiskModules: virtio-blk and ext4. ext4 and jbd2 name crc32c only as a
 	// soft dependency, which finit_module does not follow, so it is listed.
 	DiskModules = []string{"virtio_blk", "crc32c_generic", "ext4"}

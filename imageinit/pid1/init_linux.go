@@ -71,7 +71,7 @@ func Run(o Options, log *slog.Logger) error {
 	c.Poweroff = o.Poweroff
 	p.cfg = c
 	p.boot()
-	fmt.Fprintf(os.Stdout, "%s boot=%dms\n", ReadyMarker, time.Since(start).Milliseconds())
+	fmt.Fprintf(os.Stdout, "%s boot=%dms modules=%dms\n", ReadyMarker, time.Since(start).Milliseconds(), p.modulesTook.Milliseconds())
 	if c.BootOnly {
 		return p.shutdown("sailbox.bootonly")
 	}
@@ -89,6 +89,7 @@ type pid1 struct {
 	agentPID     int
 	agentEnv     []string
 	agentStarted time.Time
+	modulesTook  time.Duration
 	backoff      time.Duration
 	restartAt    time.Time // zero when no restart is pending
 
@@ -113,25 +114,54 @@ func (p *pid1) boot() {
 	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
 		os.Symlink(l[0], l[1])
 	}
-	if err := LoadModules(p.cfg.Modules, p.log); err != nil {
-		p.log.Warn("modules", "err", err)
-	}
 	p.setHostname()
-	if err := SetupNetwork(p.cfg.Net); err != nil {
+	if err := SetupNetwork(nil); err != nil {
 		p.log.Warn("network", "err", err)
-	}
-	if p.cfg.DataDisk != "" {
-		p.mount(p.cfg.DataDisk, p.cfg.DataDir, "ext4", 0, "")
 	}
 	p.agentEnv = agentEnv(p.log)
 	if !p.cfg.BootOnly {
 		p.stopCh = make(chan string, 1)
+		p.backoff = 100 * time.Millisecond
+	}
+	// The agent starts as soon as AF_VSOCK exists (vsock.ko comes first in
+	// the list), so its own start-up (about a second under TCG) overlaps the
+	// virtio transport's probe. A data disk must be mounted first, though.
+	early := p.cfg.Agent != "" && !p.cfg.BootOnly && p.cfg.DataDisk == ""
+	t0 := time.Now()
+	n, err := LoadModules(p.cfg.Modules, p.log, func() {
+		if early && p.agentPID == 0 && p.agentStarted.IsZero() && vsockFamily() {
+			p.startAgent()
+		}
+	})
+	if err != nil {
+		p.log.Warn("modules", "err", err)
+	}
+	p.modulesTook = time.Since(t0)
+	p.log.Info("modules loaded", "count", n, "took", p.modulesTook.Round(time.Millisecond))
+	if p.cfg.Net != nil {
+		if err := SetupNetwork(p.cfg.Net); err != nil {
+			p.log.Warn("network", "err", err)
+		}
+	}
+	if p.cfg.DataDisk != "" {
+		p.mount(p.cfg.DataDisk, p.cfg.DataDir, "ext4", 0, "")
+	}
+	if !p.cfg.BootOnly {
 		p.startControl()
-		if p.cfg.Agent != "" {
-			p.backoff = 100 * time.Millisecond
+		if p.cfg.Agent != "" && p.agentStarted.IsZero() {
 			p.startAgent()
 		}
 	}
+}
+
+// vsockFamily reports whether the kernel knows AF_VSOCK yet.
+func vsockFamily() bool {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
 }
 
 // mount creates the mount point and mounts, logging instead of failing:
@@ -183,19 +213,21 @@ func (p *pid1) setHostname() {
 // LoadModules loads the modules listed in file (absolute .ko paths,
 // dependencies first) with finit_module. Already loaded ones are fine; a
 // missing list means a kernel without modules.
-func LoadModules(file string, log *slog.Logger) error {
+// after runs after each module. It returns how many were loaded.
+func LoadModules(file string, log *slog.Logger, after func()) (int, error) {
 	if file == "" {
-		return nil
+		return 0, nil
 	}
 	fd, err := os.Open(file)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer fd.Close()
 	var failed []string
+	n := 0
 	s := bufio.NewScanner(fd)
 	for s.Scan() {
 		path := strings.TrimSpace(s.Text())
@@ -205,12 +237,17 @@ func LoadModules(file string, log *slog.Logger) error {
 		if err := loadModule(path); err != nil {
 			log.Warn("finit_module", "module", path, "err", err)
 			failed = append(failed, path)
+		} else {
+			n++
+		}
+		if after != nil {
+			after()
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("modules from %s: %d failed to load: %s", file, len(failed), strings.Join(failed, ", "))
+		return n, fmt.Errorf("modules from %s: %d failed to load: %s", file, len(failed), strings.Join(failed, ", "))
 	}
-	return s.Err()
+	return n, s.Err()
 }
 
 func loadModule(path string) error {
