@@ -47,15 +47,16 @@ func benchPolicy(n int) Policy {
 
 // BenchmarkFilter measures the per-packet cost of the filter with BPF_PROG_TEST_RUN
 // for policies of 0, 10, 1,000 and 100,000 prefixes. ns/pkt is the kernel's
-// figure; x-parse is the ratio to the parse-only program (same parsing, no
-// trie lookup) on the same frame, measured in the same run.
+// figure (best of 7 rounds of 200,000 runs); parse-ns/pkt is the same for the
+// parse-only program (same parsing, no bitmap or trie lookup) on the same
+// frame, interleaved with it; x-parse is their ratio. ns/op is the Go-side
+// time of b.N runs in one syscall.
 func BenchmarkFilter(b *testing.B) {
 	testcap.Root(b)
 	var progs struct {
 		Filter    *ebpf.Program `ebpf:"sailbox_ingress"`
 		ParseOnly *ebpf.Program `ebpf:"parse_only"`
-		Policy    *ebpf.Map     `ebpf:"policy"`
-		Drops     *ebpf.Map     `ebpf:"drops"`
+		filterMaps
 	}
 	spec, err := loadIngress()
 	if err != nil {
@@ -66,8 +67,7 @@ func BenchmarkFilter(b *testing.B) {
 	}
 	defer progs.Filter.Close()
 	defer progs.ParseOnly.Close()
-	defer progs.Policy.Close()
-	defer progs.Drops.Close()
+	defer progs.filterMaps.Close()
 
 	frames := []struct {
 		name string
@@ -82,25 +82,31 @@ func BenchmarkFilter(b *testing.B) {
 	for _, n := range []int{0, 10, 1000, 100_000} {
 		pol := benchPolicy(n)
 		start := time.Now()
-		if err := updateMap(progs.Policy, pol); err != nil {
+		if err := updateMaps(progs.filterMaps, pol); err != nil {
 			b.Fatal(err)
 		}
 		fill := time.Since(start)
 		for _, f := range frames {
 			frame := f.p.bytes()
 			b.Run(fmt.Sprintf("prefixes=%d/%s", n, f.name), func(b *testing.B) {
-				// The baseline in the same run, best of a few rounds.
-				var base time.Duration
-				for range 5 {
-					_, d, err := progs.ParseOnly.Benchmark(frame, 200_000, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if base == 0 || d < base {
-						base = d
+				// Filter and baseline interleaved, best of 7 rounds each:
+				// the machine is shared and noisy.
+				var filter, base time.Duration
+				for range 7 {
+					for _, m := range []struct {
+						prog *ebpf.Program
+						best *time.Duration
+					}{{progs.ParseOnly, &base}, {progs.Filter, &filter}} {
+						_, d, err := m.prog.Benchmark(frame, 200_000, nil)
+						if err != nil {
+							b.Fatal(err)
+						}
+						if *m.best == 0 || d < *m.best {
+							*m.best = d
+						}
 					}
 				}
-				ret, d, err := progs.Filter.Benchmark(frame, b.N, b.ResetTimer)
+				ret, _, err := progs.Filter.Benchmark(frame, b.N, b.ResetTimer)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -108,10 +114,10 @@ func BenchmarkFilter(b *testing.B) {
 				if (ret == retDrop) != wantDrop {
 					b.Fatalf("verdict %#x, want drop=%v", ret, wantDrop)
 				}
-				b.ReportMetric(float64(d.Nanoseconds()), "ns/pkt")
+				b.ReportMetric(float64(filter.Nanoseconds()), "ns/pkt")
 				b.ReportMetric(float64(base.Nanoseconds()), "parse-ns/pkt")
 				if base > 0 {
-					b.ReportMetric(float64(d)/float64(base), "x-parse")
+					b.ReportMetric(float64(filter)/float64(base), "x-parse")
 				}
 				b.ReportMetric(float64(fill.Milliseconds()), "fill-ms")
 			})

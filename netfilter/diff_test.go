@@ -135,7 +135,7 @@ func TestDifferential(t *testing.T) {
 	for i := range pairs {
 		if i%perPolicy == 0 {
 			pol = randPolicy(r, ports)
-			if err := updateMap(objs.Policy, pol); err != nil {
+			if err := updateMaps(objs.filterMaps, pol); err != nil {
 				t.Fatal(err)
 			}
 			all = all[:0]

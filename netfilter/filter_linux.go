@@ -16,7 +16,7 @@ import (
 )
 
 // DefaultRoot is the bpffs directory holding one directory per filtered
-// device: <root>/<device>/{policy,drops} and link (TCX) or prog (tc).
+// device: <root>/<device>/{policy,ports,drops} and link (TCX) or prog (tc).
 const DefaultRoot = "/sys/fs/bpf/sailbox"
 
 // Mode is how the program is attached to a device.
@@ -292,7 +292,7 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 		return fmt.Errorf("netfilter: %s: %w", device, err)
 	}
 	defer objs.Close()
-	if err := putEntries(objs.Policy, want); err != nil {
+	if err := updateMaps(objs.filterMaps, p); err != nil {
 		return fmt.Errorf("netfilter: %s: fill policy: %w", device, err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -309,6 +309,9 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 		return fmt.Errorf("netfilter: %s: %w", device, err)
 	}
 	if err := objs.Drops.Pin(filepath.Join(dir, "drops")); err != nil {
+		return fmt.Errorf("netfilter: %s: %w", device, err)
+	}
+	if err := objs.Ports.Pin(filepath.Join(dir, "ports")); err != nil {
 		return fmt.Errorf("netfilter: %s: %w", device, err)
 	}
 	mode := f.Mode
@@ -360,7 +363,7 @@ func cleanup(device, dir string) error {
 		errs = append(errs, prog.Unpin())
 		prog.Close()
 	}
-	for _, name := range []string{"policy", "drops"} {
+	for _, name := range []string{"policy", "ports", "drops"} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

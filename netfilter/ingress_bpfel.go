@@ -20,6 +20,7 @@ const (
 	ingressMapPolicy          = "policy"
 	ingressProgParseOnly      = "parse_only"
 	ingressProgSailboxIngress = "sailbox_ingress"
+	ingressVarPolicedPorts    = "policed_ports"
 )
 
 // loadIngress returns the embedded CollectionSpec for ingress.
@@ -80,6 +81,7 @@ type ingressMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ingressVariableSpecs struct {
+	PolicedPorts *ebpf.VariableSpec `ebpf:"policed_ports"`
 }
 
 // ingressObjects contains all objects after they have been loaded into the kernel.
@@ -117,6 +119,7 @@ func (m *ingressMaps) Close() error {
 //
 // It can be passed to loadIngressObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ingressVariables struct {
+	PolicedPorts *ebpf.Variable `ebpf:"policed_ports"`
 }
 
 // ingressPrograms contains all programs after they have been loaded into the kernel.

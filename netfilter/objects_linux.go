@@ -3,19 +3,51 @@ package netfilter
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 )
 
 // objects are one filter instance: the program with its own maps.
 type objects struct {
-	Prog   *ebpf.Program `ebpf:"sailbox_ingress"`
-	Policy *ebpf.Map     `ebpf:"policy"`
-	Drops  *ebpf.Map     `ebpf:"drops"`
+	Prog *ebpf.Program `ebpf:"sailbox_ingress"`
+	filterMaps
+}
+
+// filterMaps are the state of a filter, pinned as policy, ports and drops.
+type filterMaps struct {
+	Policy *ebpf.Map `ebpf:"policy"` // the LPM trie
+	Ports  *ebpf.Map `ebpf:".bss"`   // policed_ports, the bitmap in front of it
+	Drops  *ebpf.Map `ebpf:"drops"`  // per-CPU drop counter
 }
 
 func (o *objects) Close() error {
-	return errors.Join(o.Prog.Close(), o.Policy.Close(), o.Drops.Close())
+	return errors.Join(o.Prog.Close(), o.filterMaps.Close())
+}
+
+func (m *filterMaps) Close() error {
+	var errs []error
+	for _, x := range []*ebpf.Map{m.Policy, m.Ports, m.Drops} {
+		if x != nil {
+			errs = append(errs, x.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// portSet is the policed_ports bitmap.
+type portSet [65536 / 64]uint64
+
+func (s *portSet) add(port uint16) { s[port/64] |= 1 << (port % 64) }
+
+func readPorts(m *ebpf.Map) (portSet, error) {
+	var s portSet
+	err := m.Lookup(uint32(0), &s)
+	return s, err
+}
+
+func writePorts(m *ebpf.Map, s portSet) error {
+	return m.Update(uint32(0), &s, ebpf.UpdateExist)
 }
 
 func loadObjects() (*objects, error) {
@@ -103,34 +135,30 @@ func deleteEntries(m *ebpf.Map, keys []lpmKey) error {
 	return nil
 }
 
-// update moves the pinned trie of dir to p (see updateMap).
-func update(device, dir string, p Policy) error {
-	m, err := ebpf.LoadPinnedMap(dir+"/policy", nil)
-	if err != nil {
-		return fmt.Errorf("netfilter: %s: %w", device, err)
-	}
-	defer m.Close()
-	if err := updateMap(m, p); err != nil {
-		return fmt.Errorf("netfilter: %s: update policy: %w", device, err)
-	}
-	return nil
-}
-
-// updateMap moves a trie from its current contents to p's in an order that
-// never refuses a source allowed by both: new allows first, then markers of
-// ports that open up are removed, then markers of newly policed ports are
-// added, and stale allows go last.
-func updateMap(m *ebpf.Map, p Policy) error {
+// updateMaps moves the policy maps from their current contents to p's in an
+// order that never refuses a source allowed by both: the port bitmap gains
+// the new ports, new allows are added, markers of ports that open up are
+// removed, markers of newly policed ports are added, stale allows are
+// removed, and the bitmap drops the ports that opened up.
+func updateMaps(m filterMaps, p Policy) error {
 	want, err := p.entries()
 	if err != nil {
 		return err
 	}
-	have, err := dump(m)
+	have, err := dump(m.Policy)
 	if err != nil {
 		return err
 	}
+	cur, err := readPorts(m.Ports)
+	if err != nil {
+		return fmt.Errorf("read port bitmap: %w", err)
+	}
+	var ports portSet
 	allows, markers := map[lpmKey]uint32{}, map[lpmKey]uint32{}
 	for k, v := range want {
+		if v == valDeny {
+			ports.add(k.port())
+		}
 		if hv, ok := have[k]; ok && hv == v {
 			continue
 		}
@@ -151,14 +179,60 @@ func updateMap(m *ebpf.Map, p Policy) error {
 			staleAllows = append(staleAllows, k)
 		}
 	}
-	if err := putEntries(m, allows); err != nil {
+	union := cur
+	for i := range union {
+		union[i] |= ports[i]
+	}
+	if union != cur {
+		if err := writePorts(m.Ports, union); err != nil {
+			return fmt.Errorf("write port bitmap: %w", err)
+		}
+	}
+	if err := putEntries(m.Policy, allows); err != nil {
 		return err
 	}
-	if err := deleteEntries(m, staleMarkers); err != nil {
+	if err := deleteEntries(m.Policy, staleMarkers); err != nil {
 		return err
 	}
-	if err := putEntries(m, markers); err != nil {
+	if err := putEntries(m.Policy, markers); err != nil {
 		return err
 	}
-	return deleteEntries(m, staleAllows)
+	if err := deleteEntries(m.Policy, staleAllows); err != nil {
+		return err
+	}
+	if ports != union {
+		if err := writePorts(m.Ports, ports); err != nil {
+			return fmt.Errorf("write port bitmap: %w", err)
+		}
+	}
+	return nil
+}
+
+// loadPinnedMaps opens the pinned maps of a filter directory.
+func loadPinnedMaps(dir string) (filterMaps, error) {
+	var m filterMaps
+	var err error
+	for _, x := range []struct {
+		name string
+		dst  **ebpf.Map
+	}{{"policy", &m.Policy}, {"ports", &m.Ports}, {"drops", &m.Drops}} {
+		if *x.dst, err = ebpf.LoadPinnedMap(filepath.Join(dir, x.name), nil); err != nil {
+			m.Close()
+			return filterMaps{}, err
+		}
+	}
+	return m, nil
+}
+
+// update moves the pinned maps of dir to p (see updateMaps).
+func update(device, dir string, p Policy) error {
+	m, err := loadPinnedMaps(dir)
+	if err != nil {
+		return fmt.Errorf("netfilter: %s: %w", device, err)
+	}
+	defer m.Close()
+	if err := updateMaps(m, p); err != nil {
+		return fmt.Errorf("netfilter: %s: update policy: %w", device, err)
+	}
+	return nil
 }

@@ -22,7 +22,7 @@ func loadTestObjects(t testing.TB, p Policy) *objects {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objs.Close() })
-	if err := updateMap(objs.Policy, p); err != nil {
+	if err := updateMaps(objs.filterMaps, p); err != nil {
 		t.Fatal(err)
 	}
 	return objs

@@ -8,6 +8,8 @@
 //   {16, port}                  -> 0   marker: the port is policed, deny
 //   {16 + 128 or 96+len, port, prefix} -> 1   allow
 //   no match                    -> the port is open
+// policed_ports is a bitmap in front of the trie that lets open ports skip
+// the lookup.
 // Only TCP to a policed port from a source outside its list is dropped.
 // Parsing decisions (documented in doc.go):
 //   - up to two in-band VLAN tags (802.1Q / 802.1ad) are skipped;
@@ -70,6 +72,12 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, 1);
 } drops SEC(".maps");
+
+// Bit p set: port p may be policed (it has, or is about to get, a marker).
+// A clear bit skips the trie lookup, so open ports cost next to nothing; for
+// a set bit the trie alone decides. The loader sets bits before it adds
+// markers and clears them after it removed them.
+__u64 policed_ports[65536 / 64];
 
 enum { PARSED_PASS, PARSED_DROP, PARSED_LOOKUP };
 
@@ -196,6 +204,8 @@ int sailbox_ingress(struct __sk_buff *skb)
 	case PARSED_PASS:
 		return PASS;
 	case PARSED_LOOKUP:
+		if (!(policed_ports[bpf_ntohs(kb.key.port) / 64] & (1ULL << (bpf_ntohs(kb.key.port) % 64))))
+			return PASS;
 		allow = bpf_map_lookup_elem(&policy, &kb.key);
 		if (!allow || *allow)
 			return PASS;
