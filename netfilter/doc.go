@@ -18,7 +18,9 @@
 // prefixes; everything else passes to the next program (TCX_NEXT). IPv4
 // prefixes admit only IPv4 sources and IPv6 prefixes only IPv6 sources: an
 // IPv6 prefix that contains ::ffff:0:0/96 (::/0, say) is stored as the pieces
-// around that range, and List merges them back.
+// around that range, and List merges them back. A bitmap of policed ports in
+// front of the trie lets packets to open ports skip the lookup; the trie
+// alone decides for ports whose bit is set.
 //
 // # Parsing decisions
 //
@@ -46,12 +48,15 @@
 // # State and API
 //
 // Everything lives in the kernel, pinned under /sys/fs/bpf/sailbox/<device>
-// (policy and drops maps, and the TCX link or, for tc, the program), so that
+// (policy, ports and drops maps, and the TCX link or, for tc, the program), so that
 // separate processes see and change the same filter: Attach, Apply (attach or
 // update), Update, List, Detach, Devices. Updates write new allow entries
 // before removing markers of opened ports, add markers of newly policed ports
 // next and remove stale allow entries last, so a source allowed before and
-// after an update is never refused during it. Large lists are written with
-// batch map operations. Device names are resolved in the caller's network
+// after an update is never refused during it (the port bitmap gains new ports
+// first and loses opened ones last). Large lists are written with batch map
+// operations. Device names are resolved in the caller's network
 // namespace. bpffs is mounted at /sys/fs/bpf if nothing is mounted there.
+// Pins whose device went away (or was re-created under the same name) are
+// stale: Update and List report ErrNotAttached, Attach and Apply replace them.
 package netfilter
