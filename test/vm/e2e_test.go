@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	"github.com/sailbox/sailbox/host-supervisor/vm"
-	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/internal/testcap"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
 	"github.com/sailbox/sailbox/protocol/transport"
