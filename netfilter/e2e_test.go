@@ -171,3 +171,29 @@ func TestStalePins(t *testing.T) {
 	})
 	tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, false}, {h1, 8080, true}})
 }
+
+// TestReattach: attach, detach, attach again on the same device, in both
+// modes (tc leaves its clsact qdisc in place on detach).
+func TestReattach(t *testing.T) {
+	for _, mode := range []Mode{ModeTCX, ModeTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			tp := newTopo(t)
+			tp.filters.Mode = mode
+			tp.serve(t, tp.guest, ":8080")
+			for range 2 {
+				tp.in(t, tp.host, func() {
+					if err := tp.filters.Attach(tp.dev, Policy{8080: {pf("10.77.0.1/32")}}); err != nil {
+						t.Fatal(err)
+					}
+				})
+				tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, false}, {h1, 8080, true}})
+				tp.in(t, tp.host, func() {
+					if err := tp.filters.Detach(tp.dev); err != nil {
+						t.Fatal(err)
+					}
+				})
+				tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, true}})
+			}
+		})
+	}
+}

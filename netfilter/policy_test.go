@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"github.com/sailbox/sailbox/host-supervisor/ingress"
 	"net/netip"
 	"strings"
 	"testing"
@@ -86,5 +87,24 @@ func TestPolicyString(t *testing.T) {
 	p := Policy{443: {pf("10.0.0.0/8"), pf("::/0")}, 22: {pf("192.0.2.0/24")}, 80: {}}
 	if got, want := p.String(), "22 192.0.2.0/24\n443 10.0.0.0/8,::/0\n"; got != want {
 		t.Errorf("String = %q, want %q", got, want)
+	}
+}
+
+// TestFromIngress: the ingress package's validated policy is a Policy.
+func TestFromIngress(t *testing.T) {
+	ports, err := ingress.ParseSpec([]string{"8080", "5432/tcp=10.0.0.0/8,2001:db8::/32", "6379/tcp:public"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	validated, err := ingress.Policy(ports, ingress.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p Policy = validated
+	if got, want := p.String(), "5432 10.0.0.0/8,2001:db8::/32\n"; got != want {
+		t.Errorf("policy %q, want %q", got, want)
+	}
+	if _, err := p.entries(); err != nil {
+		t.Error(err)
 	}
 }
