@@ -559,6 +559,9 @@ func (f *Freezer) candidates() ([]Mount, []Skipped, error) {
 	excl := map[uint64]bool{}
 	exclPath := map[string]bool{}
 	for _, p := range f.cfg.Exclude {
+		if p == "" {
+			continue
+		}
 		exclPath[filepath.Clean(p)] = true
 		if d, err := f.fs.dev(p); err == nil {
 			excl[d] = true
