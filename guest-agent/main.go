@@ -38,6 +38,10 @@ type options struct {
 	finishedTTL time.Duration
 	killGrace   time.Duration
 	logLevel    string
+
+	freezeHooks    string
+	freezeRoot     string
+	freezeWatchdog time.Duration
 }
 
 func parseFlags() options {
@@ -48,6 +52,9 @@ func parseFlags() options {
 	flag.DurationVar(&o.finishedTTL, "finished-ttl", time.Hour, "release finished execs nobody released after this long")
 	flag.DurationVar(&o.killGrace, "kill-grace", 2*time.Second, "time between SIGTERM and SIGKILL when an exec times out")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.StringVar(&o.freezeHooks, "freeze-hooks", "/etc/sailbox/freeze-hooks.d", "executables run with 'freeze' before a snapshot freeze and 'thaw' after the thaw")
+	flag.StringVar(&o.freezeRoot, "freeze-root", "/", "freeze only filesystems mounted at or below this path (set it outside a VM)")
+	flag.DurationVar(&o.freezeWatchdog, "freeze-watchdog", 60*time.Second, "thaw by itself when no thaw arrives this long after a freeze")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -108,6 +115,13 @@ func run() error {
 	agentv1.RegisterAgentService(srv, &service.Agent{Started: time.Now(), M: execs})
 	agentv1.RegisterExecService(srv, &service.Exec{M: execs})
 	agentv1.RegisterListenerService(srv, &service.Listener{P: listener.Prober{Logger: log}})
+	snap, err := service.NewSnapshot(service.SnapshotConfig{
+		StateDir: o.stateDir, HooksDir: o.freezeHooks, Root: o.freezeRoot, Watchdog: o.freezeWatchdog, Starter: rp, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	agentv1.RegisterSnapshotService(srv, snap)
 
 	l, err := transport.Listen(o.listen)
 	if err != nil {
