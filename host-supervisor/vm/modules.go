@@ -16,6 +16,9 @@ var (
 	// soon as it is in), then virtio over PCI and MMIO and the virtio-vsock
 	// transport.
 	VsockModules = []string{"vsock", "virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"}
+	// AgentModules: what the guest agent uses besides vsock: TCP sock_diag
+	// (listener probes; SOCK_DESTROY of stale connections on resume).
+	AgentModules = []string{"tcp_diag"}
 	// DiskModules: virtio-blk and ext4. ext4 and jbd2 name crc32c only as a
 	// soft dependency, which finit_module does not follow, so it is listed.
 	DiskModules = []string{"virtio_blk", "crc32c_generic", "ext4"}

@@ -62,12 +62,12 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	mods := VsockModules
+	mods := append(append([]string{}, VsockModules...), AgentModules...)
 	cfg := Config{Name: o.Name, Dir: o.Dir, Kernel: k, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs,
 		Cmdline: append([]string{"sailbox.hostname=" + o.Name}, o.Append...), NewVsock: DefaultVsock,
 		Console: o.Console, Logger: o.Logger}
 	if o.DataFrom != "" || o.DataMiB > 0 {
-		mods = append(append([]string{}, mods...), DiskModules...)
+		mods = append(mods, DiskModules...)
 		cfg.DataDisk = filepath.Join(o.Dir, "data.ext4")
 		if err := MakeDataDisk(ctx, cfg.DataDisk, o.DataMiB, o.DataFrom); err != nil {
 			return nil, err

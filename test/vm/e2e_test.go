@@ -57,7 +57,7 @@ func prepare(t testing.TB) artefacts {
 	}
 	built := time.Since(start) - fetched
 	a := artefacts{kernel: k, withAgent: filepath.Join(dir, "agent.cpio"), bareInit: filepath.Join(dir, "bare.cpio")}
-	img := vm.Image{Init: initBin, Agent: agentBin, Busybox: bb, Kernel: k, Modules: vm.VsockModules, Hostname: "e2e"}
+	img := vm.Image{Init: initBin, Agent: agentBin, Busybox: bb, Kernel: k, Modules: append(append([]string{}, vm.VsockModules...), vm.AgentModules...), Hostname: "e2e"}
 	if err := vm.BuildInitramfs(a.withAgent, img); err != nil {
 		t.Fatal(err)
 	}
