@@ -21,9 +21,9 @@
 // families) costs about 50 µs, so polling every 10 ms keeps the median
 // detection latency near 5 ms (BenchmarkDetectionLatency) for about 0.5% of
 // a CPU; peers scan once a second (median 0.5 s). Reading /proc/net/tcp
-// walks the whole established hash (milliseconds), so the poll interval is
-// kept at 20 times the last query's cost at least: the fallback is slower
-// but cannot eat a CPU.
+// lists every TCP socket and costs milliseconds, more on a busy machine, so
+// the poll interval is kept at 20 times the average query cost (capped at
+// 200 ms): the fallback is slower (median ~40 ms) but cannot eat a CPU.
 //
 // The package is plain Go with no RPC in it: guest-agent/service puts a thin
 // ttrpc layer on top. Errors are gRPC status errors; a timeout is

@@ -91,10 +91,10 @@ type Prober struct {
 	Source Source
 	// MinInterval and MaxInterval bound the adaptive poll interval while
 	// nothing listens: it starts at MinInterval and grows by a quarter per
-	// poll up to MaxInterval. Defaults 1 ms and 10 ms. The interval never
-	// drops below pollCostFactor times the cost of the last query, so a
-	// slow source (/proc/net/tcp walks the whole established hash, ~4 ms)
-	// cannot eat a CPU.
+	// poll up to MaxInterval. Defaults 1 ms and 10 ms. The interval is
+	// also at least pollCostFactor times the average query cost (at most
+	// 200 ms), so a slow source cannot eat a CPU: /proc/net/tcp lists every
+	// TCP socket, ~4 ms here and far more with many connections.
 	MinInterval, MaxInterval time.Duration
 	// Logger receives debug records; nil means slog.Default().
 	Logger *slog.Logger
@@ -111,8 +111,11 @@ const (
 	// closed, reset, not SSH), retry with this backoff, doubling.
 	minRetry = 10 * time.Millisecond
 	maxRetry = 250 * time.Millisecond
-	// A poll may cost at most 1/pollCostFactor of the time between polls.
+	// A poll may cost at most 1/pollCostFactor of the time between polls
+	// (by a moving average of the query cost), but the wait this forces is
+	// capped: a loaded machine must not stretch detection into seconds.
 	pollCostFactor = 20
+	maxCostWait    = 200 * time.Millisecond
 	// maxLine bounds the bytes read while looking for a banner or status
 	// line; RFC 4253 lets an SSH server send other lines before its
 	// identification, each at most 255 bytes.
@@ -162,17 +165,22 @@ func (p *Prober) Wait(ctx context.Context, req Request) (Result, error) {
 	port := uint16(req.Port)
 	seen := fmt.Sprintf("nothing listening on port %d", req.Port)
 	interval, retry := minIv, minRetry
+	var avgCost time.Duration
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
 	for {
 		t0 := time.Now()
 		ls, err := finder.Listeners(port)
-		cost := time.Since(t0)
+		if c := time.Since(t0); avgCost == 0 {
+			avgCost = c
+		} else {
+			avgCost += (c - avgCost) / 4
+		}
 		if err != nil {
 			return Result{}, status.Errorf(codes.Internal, "listener port %d: %v", req.Port, err)
 		}
-		wait := max(interval, pollCostFactor*cost)
+		wait := max(interval, min(pollCostFactor*avgCost, maxCostWait))
 		if len(ls) == 0 {
 			interval = min(interval+interval/4+1, maxIv)
 		} else {
