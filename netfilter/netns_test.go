@@ -96,10 +96,11 @@ func newTopo(t *testing.T) *topo {
 }
 
 // in runs fn on an OS thread that has joined network namespace ns. Sockets
-// created by fn stay in ns afterwards.
+// created by fn stay in ns afterwards. fn may call t.Fatal.
 func (tp *topo) in(t testing.TB, ns string, fn func()) {
 	t.Helper()
 	var err error
+	completed := false
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -128,10 +129,16 @@ func (tp *topo) in(t testing.TB, ns string, fn func()) {
 			}
 		}()
 		fn()
+		completed = true
 	}()
 	<-done
 	if err != nil {
 		t.Fatalf("enter netns %s: %v", ns, err)
+	}
+	if !completed {
+		// fn called t.FailNow (t.Fatal) on the namespace thread; stop the
+		// calling goroutine too, as FailNow would have.
+		runtime.Goexit()
 	}
 }
 
