@@ -10,6 +10,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sailbox/sailbox/internal/testcap"
 )
 
 var (
@@ -59,7 +63,7 @@ func TestEndToEnd(t *testing.T) {
 				if err := tp.filters.Attach(tp.dev, pol); err != nil {
 					t.Fatal(err)
 				}
-				if err := tp.filters.Attach(tp.dev, pol); !errors.Is(err, ErrAttached) {
+				if err := tp.filters.Attach(tp.dev, pol); !errors.Is(err, ErrAttached) || status.Code(err) != codes.AlreadyExists {
 					t.Errorf("second Attach: %v, want ErrAttached", err)
 				}
 			})
@@ -195,5 +199,30 @@ func TestReattach(t *testing.T) {
 				tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, true}})
 			}
 		})
+	}
+}
+
+// TestErrorCodes: errors carry the gRPC codes the CLI and API report.
+func TestErrorCodes(t *testing.T) {
+	testcap.Root(t)
+	var f Filters
+	for _, tc := range []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"missing device", f.Attach("sbxnf-none0", nil), codes.NotFound},
+		{"bad name", f.Attach("a/b", nil), codes.InvalidArgument},
+		{"long name", f.Attach("sixteen-chars-xx", nil), codes.InvalidArgument},
+		{"bad policy", f.Attach("sbxnf-none0", Policy{80: {netip.PrefixFrom(a("10.0.0.1"), 8)}}), codes.InvalidArgument},
+		{"update nothing", f.Update("sbxnf-none0", nil), codes.NotFound},
+		{"detach nothing", f.Detach("sbxnf-none0"), codes.NotFound},
+	} {
+		if got := status.Code(tc.err); got != tc.want {
+			t.Errorf("%s: %v (code %v), want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+	if _, err := f.List("sbxnf-none0"); !errors.Is(err, ErrNotAttached) || status.Code(err) != codes.NotFound {
+		t.Errorf("List of nothing: %v", err)
 	}
 }

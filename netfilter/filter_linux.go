@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 )
 
 // DefaultRoot is the bpffs directory holding one directory per filtered
@@ -26,13 +27,6 @@ const (
 	ModeAuto Mode = ""    // TCX where the kernel has it (≥ 6.6), else tc
 	ModeTCX  Mode = "tcx" // a TCX egress link
 	ModeTC   Mode = "tc"  // a direct-action filter on a clsact qdisc
-)
-
-var (
-	// ErrAttached means the device already has a live filter.
-	ErrAttached = errors.New("ingress filter already attached")
-	// ErrNotAttached means the device has no live filter.
-	ErrNotAttached = errors.New("no ingress filter attached")
 )
 
 // Filters attaches, updates, lists and detaches the ingress filters of
@@ -73,7 +67,7 @@ func (f Filters) root() string {
 
 func (f Filters) dir(device string) (string, error) {
 	if device == "" || len(device) > unix.IFNAMSIZ-1 || strings.ContainsAny(device, "/ \x00") || device == "." || device == ".." {
-		return "", fmt.Errorf("netfilter: invalid device name %q", device)
+		return "", withCode(codes.InvalidArgument, fmt.Errorf("netfilter: invalid device name %q", device))
 	}
 	return filepath.Join(f.root(), device), nil
 }
@@ -281,11 +275,11 @@ func tcxLive(pin string, ifindex int) (bool, error) {
 func (f Filters) attach(device, dir string, p Policy) (err error) {
 	want, err := p.entries()
 	if err != nil {
-		return fmt.Errorf("netfilter: %s: %w", device, err)
+		return withCode(codes.InvalidArgument, fmt.Errorf("netfilter: %s: %w", device, err))
 	}
 	iface, err := net.InterfaceByName(device)
 	if err != nil {
-		return fmt.Errorf("netfilter: %w", err)
+		return withCode(codes.NotFound, fmt.Errorf("netfilter: device %s: %w", device, err))
 	}
 	objs, err := loadObjects()
 	if err != nil {

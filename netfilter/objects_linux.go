@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"google.golang.org/grpc/codes"
 )
 
 // objects are one filter instance: the program with its own maps.
@@ -226,6 +227,9 @@ func loadPinnedMaps(dir string) (filterMaps, error) {
 
 // update moves the pinned maps of dir to p (see updateMaps).
 func update(device, dir string, p Policy) error {
+	if _, err := p.entries(); err != nil {
+		return withCode(codes.InvalidArgument, fmt.Errorf("netfilter: %s: %w", device, err))
+	}
 	m, err := loadPinnedMaps(dir)
 	if err != nil {
 		return fmt.Errorf("netfilter: %s: %w", device, err)
