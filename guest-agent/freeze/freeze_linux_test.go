@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,6 +94,9 @@ func newFreezer(t testing.TB, dir string, cfg Config) *Freezer {
 	t.Helper()
 	prefix := filepath.Clean(dir) + "/"
 	cfg.Select = func(m Mount) bool { return strings.HasPrefix(m.MountPoint, prefix) }
+	if cfg.Logger == nil && !testing.Verbose() {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	f, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -655,6 +659,25 @@ func BenchmarkFreezeThaw(b *testing.B) {
 		}
 		if _, err := f.Thaw(ctx); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRawFreezeThaw is the baseline: syncfs + FIFREEZE + FITHAW on the
+// same kind of filesystem without the Freezer (mountinfo, state, watchdog).
+func BenchmarkRawFreezeThaw(b *testing.B) {
+	dir := b.TempDir()
+	mnt, _ := mountImage(b, dir, "data", false)
+	fs := linuxFS{}
+	for b.Loop() {
+		if err := fs.syncfs(mnt); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := fs.freeze(mnt); err != nil {
+			b.Fatal(err)
+		}
+		if n, err := fs.thaw(mnt); err != nil || n != 1 {
+			b.Fatalf("thaw: %d, %v", n, err)
 		}
 	}
 }

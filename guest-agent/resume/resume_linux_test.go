@@ -302,7 +302,7 @@ func TestForkInNamespaces(t *testing.T) {
 		defer nl.Close()
 		hostTime := time.Now()
 		clock := &fakeClock{now: hostTime.Add(-2 * time.Hour)} // restored from a snapshot two hours old
-		r, err := New(Config{Clock: clock, Net: nl})
+		r, err := New(Config{Clock: clock, Net: nl, Logger: quiet()})
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package resume
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -75,7 +76,7 @@ type fakes struct {
 func newFake(t *testing.T, guestNow time.Time) (*Resumer, *fakes) {
 	t.Helper()
 	f := &fakes{&fakeClock{now: guestNow}, &fakeEntropy{}, &fakeHost{name: "parent"}, &fakeNet{}, &fakeSockets{}}
-	r, err := New(Config{Clock: f.clock, Entropy: f.ent, Host: f.host, Net: f.net, Sockets: f.socks})
+	r, err := New(Config{Clock: f.clock, Entropy: f.ent, Host: f.host, Net: f.net, Sockets: f.socks, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,4 +229,11 @@ func TestIdentityValidation(t *testing.T) {
 			t.Errorf("%s: an invalid request changed something", name)
 		}
 	}
+}
+
+func quiet() *slog.Logger {
+	if testing.Verbose() {
+		return slog.Default()
+	}
+	return slog.New(slog.DiscardHandler)
 }

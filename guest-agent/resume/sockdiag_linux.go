@@ -60,6 +60,10 @@ func (SockDiag) DropEstablished(ctx context.Context, keep func(Conn) bool) (drop
 	var socks []diagSock
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		s, err := dumpTCP(fd, fam)
+		if errors.Is(err, unix.ENOENT) {
+			// No handler for the family: CONFIG_INET_DIAG/tcp_diag missing.
+			return 0, 0, status.Errorf(codes.FailedPrecondition, "%v (is the tcp_diag module loaded?)", err)
+		}
 		if err != nil {
 			return 0, 0, err
 		}
