@@ -50,6 +50,10 @@ type Config struct {
 	// DataDisk is a raw ext4 image attached as virtio-blk (/dev/vda) and
 	// mounted at /data by imageinit.
 	DataDisk string
+	// IsolatedNet adds a virtio-net NIC on QEMU's user network with
+	// restrict=on (the guest reaches nothing outside; no host forwarding)
+	// and configures eth0 through ip=; the image needs NetModules.
+	IsolatedNet bool
 	// NewVsock attaches a vhost-user-vsock device when set (DefaultVsock
 	// once the backend exists); the agent is then reached at AgentAddr.
 	NewVsock NewVsockFunc
@@ -59,6 +63,10 @@ type Config struct {
 	Logger  *slog.Logger
 	QEMU    string // default qemu-system-aarch64
 }
+
+// IsolatedNetIP is the guest's ip= on the isolated user network (QEMU's
+// default slirp addresses).
+const IsolatedNetIP = "10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"
 
 // VM is a running QEMU.
 type VM struct {
@@ -131,6 +139,9 @@ func (c Config) Args() []string {
 	if c.DataDisk != "" {
 		cmdline = append(cmdline, "sailbox.data=/dev/vda")
 	}
+	if c.IsolatedNet {
+		cmdline = append(cmdline, "ip="+IsolatedNetIP)
+	}
 	a = append(a,
 		"-M", machine, "-cpu", "cortex-a72", "-smp", fmt.Sprint(c.CPUs), "-m", fmt.Sprint(c.MemoryMiB),
 		"-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none",
@@ -142,6 +153,10 @@ func (c Config) Args() []string {
 	if c.NewVsock != nil {
 		a = append(a, "-chardev", "socket,id=vvsock,path="+filepath.Join(c.Dir, "vhost-user-vsock.sock"),
 			"-device", "vhost-user-vsock-pci,chardev=vvsock")
+	}
+	if c.IsolatedNet {
+		// romfile= : no iPXE option ROM (nothing network-boots here).
+		a = append(a, "-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0,romfile=")
 	}
 	if c.DataDisk != "" {
 		a = append(a, "-drive", "file="+c.DataDisk+",if=none,format=raw,id=data", "-device", "virtio-blk-pci,drive=data")

@@ -25,6 +25,8 @@ type UpOptions struct {
 	CPUs      int
 	DataFrom  string // populate an ext4 data disk (mounted at /data) from this host dir
 	DataMiB   int
+	// IsolatedNet gives the guest an eth0 on a restricted user network.
+	IsolatedNet bool
 	Append    []string // extra kernel command line words
 	Console   io.Writer
 	Logger    *slog.Logger
@@ -65,7 +67,10 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	mods := append(append([]string{}, VsockModules...), AgentModules...)
 	cfg := Config{Name: o.Name, Dir: o.Dir, Kernel: k, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs,
 		Cmdline: append([]string{"sailbox.hostname=" + o.Name}, o.Append...), NewVsock: DefaultVsock,
-		Console: o.Console, Logger: o.Logger}
+		Console: o.Console, Logger: o.Logger, IsolatedNet: o.IsolatedNet}
+	if o.IsolatedNet {
+		mods = append(mods, NetModules...)
+	}
 	if o.DataFrom != "" || o.DataMiB > 0 {
 		mods = append(mods, DiskModules...)
 		cfg.DataDisk = filepath.Join(o.Dir, "data.ext4")
@@ -109,6 +114,7 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.CPUs, "cpus", 1, "guest vCPUs")
 	fs.StringVar(&o.DataFrom, "data-from", "", "host directory copied into an ext4 data disk mounted at /data")
 	fs.IntVar(&o.DataMiB, "data-size", 0, "data disk size in MiB (0: no disk unless --data-from; then 64)")
+	fs.BoolVar(&o.IsolatedNet, "isolated-net", false, "give the guest eth0 (10.0.2.15/24) on QEMU's user network with restrict=on")
 	fs.StringVar(&appendArgs, "append", "", "extra kernel command line")
 	fs.BoolVar(&quiet, "quiet", false, "do not copy the guest console to stderr")
 	if err := fs.Parse(args); err != nil {

@@ -51,7 +51,7 @@ func TestRunUp(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- RunUp(upCtx, []string{"--name", "uptest", "--dir", dir, "--init", filepath.Join(bin, "imageinit"),
-			"--agent", filepath.Join(bin, "guest-agent"), "--data-from", data, "--data-size", "32"}, &stdout, &stderr)
+			"--agent", filepath.Join(bin, "guest-agent"), "--data-from", data, "--data-size", "32", "--isolated-net"}, &stdout, &stderr)
 	}()
 	var addr string
 	for addr == "" {
@@ -72,12 +72,13 @@ func TestRunUp(t *testing.T) {
 	}
 	defer c.Close()
 	id := "cat-data"
-	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: id, Command: "cat /data/hello.txt; hostname; grep ' /data ' /proc/mounts | cut -d' ' -f3"}); err != nil {
+	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: id, Command: "cat /data/hello.txt; hostname; grep ' /data ' /proc/mounts | cut -d' ' -f3; " +
+		"ip -o -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep ^default | cut -d' ' -f1-3"}); err != nil {
 		t.Fatal(err)
 	}
 	var o, e bytes.Buffer
 	st, _, err := c.CopyOutput(ctx, id, agentclient.Offsets{}, true, &o, &e)
-	if err != nil || st.ExitCode != 0 || o.String() != "hello-data\nuptest\next4\n" {
+	if err != nil || st.ExitCode != 0 || o.String() != "hello-data\nuptest\next4\ninet 10.0.2.15/24\ndefault via 10.0.2.2\n" {
 		t.Fatalf("exec: %q %q %v %v\nconsole:\n%s", o.String(), e.String(), st, err, stderr.String())
 	}
 	stop()
