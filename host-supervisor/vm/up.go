@@ -27,9 +27,9 @@ type UpOptions struct {
 	DataMiB   int
 	// IsolatedNet gives the guest an eth0 on a restricted user network.
 	IsolatedNet bool
-	Append    []string // extra kernel command line words
-	Console   io.Writer
-	Logger    *slog.Logger
+	Append      []string // extra kernel command line words
+	Console     io.Writer
+	Logger      *slog.Logger
 }
 
 // Up fetches the kernel and busybox (cached), writes the initramfs and
