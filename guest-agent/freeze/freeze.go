@@ -60,7 +60,9 @@ type Config struct {
 	// tmpfs.
 	StateFile string
 	Starter   Starter // nil: plain wait4 on each hook (fine without a global reaper)
-	Logger    *slog.Logger
+	// Logger is used while frozen too: its output must not go to a
+	// filesystem that gets frozen (the agent logs to tmpfs or a console).
+	Logger *slog.Logger
 }
 
 // Options are per Freeze call.
@@ -333,7 +335,7 @@ func (f *Freezer) Freeze(ctx context.Context, opts Options) (Report, error) {
 	rep.Hooks = ran
 
 	f.mu.Lock()
-	f.st = state{Hooks: ran, LastThaw: f.st.LastThaw, LastErr: f.st.LastErr}
+	f.st = state{Hooks: ran, Since: f.st.Since, LastThaw: f.st.LastThaw, LastErr: f.st.LastErr}
 	f.mu.Unlock()
 	// The rollback is in place before anything is frozen.
 	ok := false
@@ -518,10 +520,10 @@ func (f *Freezer) armLocked(d time.Duration) {
 		if f.seq != seq {
 			return
 		}
-		f.log.Warn("no thaw arrived in time; watchdog thaws", "after", d)
-		if _, err := f.thawLocked(ThawWatchdog); err != nil {
-			f.log.Error("watchdog thaw failed", "err", err)
-		}
+		// Thaw before logging: a log written to a frozen filesystem would
+		// block the only thing that can unfreeze it.
+		_, err := f.thawLocked(ThawWatchdog)
+		f.log.Warn("no thaw arrived in time; watchdog thawed", "after", d, "err", err)
 	})
 }
 
