@@ -6,7 +6,8 @@
 // sandbox's device — the tap of a microVM, a veth in tests — which is every
 // frame the host hands to the guest. It is attached with a TCX link (kernel
 // ≥ 6.6) or, where TCX is missing, as a direct-action filter on a clsact
-// qdisc through netlink.
+// qdisc through netlink. The device must carry Ethernet frames (a tap or a
+// veth; an L3 tun device is not supported).
 //
 // # Policy
 //
