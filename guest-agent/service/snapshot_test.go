@@ -85,7 +85,12 @@ func TestSnapshotRPCThroughAgent(t *testing.T) {
 		}
 	})
 
-	a := agenttest.Start(t, "--freeze-root", dir, "--freeze-hooks", filepath.Join(dir, "no-hooks"))
+	// A hook runs under the agent's global reaper (the Starter path).
+	hooks := filepath.Join(t.TempDir(), "hooks")
+	os.Mkdir(hooks, 0o755)
+	hookLog := filepath.Join(t.TempDir(), "hook.log")
+	os.WriteFile(filepath.Join(hooks, "10-log"), []byte("#!/bin/sh\necho \"$1\" >> "+hookLog+"\n"), 0o755)
+	a := agenttest.Start(t, "--freeze-root", dir, "--freeze-hooks", hooks)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	nc, err := transport.Dial(ctx, a.Addr)
@@ -100,7 +105,7 @@ func TestSnapshotRPCThroughAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fr.Frozen) != 1 || fr.Frozen[0] != mnt || fr.SinceUnixNano == 0 || fr.WatchdogDeadlineUnixNano <= fr.SinceUnixNano {
+	if len(fr.Frozen) != 1 || fr.Frozen[0] != mnt || fr.SinceUnixNano == 0 || fr.WatchdogDeadlineUnixNano <= fr.SinceUnixNano || len(fr.Hooks) != 1 {
 		t.Fatalf("freeze %v", fr)
 	}
 	// The agent keeps answering while frozen.
@@ -118,6 +123,9 @@ func TestSnapshotRPCThroughAgent(t *testing.T) {
 	th, err := cl.Thaw(ctx, &agentv1.ThawRequest{})
 	if err != nil || !th.WasFrozen || len(th.Thawed) != 1 || th.Thawed[0] != mnt {
 		t.Fatalf("thaw %v, %v", th, err)
+	}
+	if b, _ := os.ReadFile(hookLog); string(b) != "freeze\nthaw\n" || len(th.Hooks) != 1 {
+		t.Fatalf("hook log %q, thaw hooks %v", b, th.Hooks)
 	}
 	if err := os.WriteFile(filepath.Join(mnt, "after"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
