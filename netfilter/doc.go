@@ -57,7 +57,11 @@
 // after an update is never refused during it (the port bitmap gains new ports
 // first and loses opened ones last). Large lists are written with batch map
 // operations. Device names are resolved in the caller's network
-// namespace. bpffs is mounted at /sys/fs/bpf if nothing is mounted there.
+// namespace; the pins in the caller's mount namespace (`ip netns exec`
+// remounts /sys and hides them: use `nsenter --net=...` to reach a device in
+// another network namespace). bpffs is mounted at /sys/fs/bpf if nothing is
+// mounted there. The filter runs first on the device (TCX head, tc
+// priority 1) and passes with TCX_NEXT, so later programs still run.
 // Pins whose device went away (or was re-created under the same name) are
 // stale: Update and List report ErrNotAttached, Attach and Apply replace them.
 package netfilter

@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -225,4 +227,35 @@ func TestErrorCodes(t *testing.T) {
 	if _, err := f.List("sbxnf-none0"); !errors.Is(err, ErrNotAttached) || status.Code(err) != codes.NotFound {
 		t.Errorf("List of nothing: %v", err)
 	}
+}
+
+// TestRunsFirst: another TCX program that ends the chain with TCX_PASS is
+// already on the device; the filter goes in front of it and still drops.
+func TestRunsFirst(t *testing.T) {
+	tp := newTopo(t)
+	tp.serve(t, tp.guest, ":8080")
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, // TC_ACT_OK = TCX_PASS
+		License:      "MIT",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pass.Close()
+	tp.in(t, tp.host, func() {
+		iface, err := net.InterfaceByName(tp.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: pass, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		if err := tp.filters.Attach(tp.dev, Policy{8080: {pf("10.77.0.1/32")}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	tp.expect(t, tp.host, guestAddrs, []reach{{h3, 8080, false}, {h1, 8080, true}})
 }

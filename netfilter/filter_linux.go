@@ -310,10 +310,14 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 	}
 	mode := f.Mode
 	if mode == ModeAuto || mode == ModeTCX {
+		// First in the chain: a program before it returning TCX_PASS
+		// would skip the filter. It passes with TCX_NEXT, so the others
+		// still run.
 		l, err := attachTCX(link.TCXOptions{
 			Interface: iface.Index,
 			Program:   objs.Prog,
 			Attach:    ebpf.AttachTCXEgress,
+			Anchor:    link.Head(),
 		})
 		switch {
 		case err == nil:

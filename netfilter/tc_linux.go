@@ -10,11 +10,12 @@ import (
 
 // The legacy tc attachment: a direct-action bpf filter on the egress hook of
 // a clsact qdisc, for kernels without TCX (< 6.6). The filter is found again
-// by this handle and priority; the clsact qdisc is left in place on detach
+// by this handle and priority; priority 1 runs it before other filters, whose
+// TC_ACT_OK would skip it. The clsact qdisc is left in place on detach
 // because other filters may use it.
 const (
 	tcHandle   = 0x5b0c
-	tcPriority = 0xc0de
+	tcPriority = 1
 	tcName     = "sailbox_ingress"
 )
 
