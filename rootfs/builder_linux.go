@@ -231,6 +231,9 @@ func (bd *build) run(ctx context.Context) (res *Result, err error) {
 	if err := os.Rename(out, dst); err != nil {
 		return nil, status.Errorf(codes.Internal, "cache image %s: %v", short(bd.id), err)
 	}
+	for _, d := range bd.cache.prune(m.Digest, keepPerDigest) {
+		bd.logf("pruned older image of the same definition: %s\n", d)
+	}
 	res = &Result{Manifest: m, Path: filepath.Join(dst, "rootfs.ext4"), Dir: dst, Log: filepath.Join(dst, "build.log"),
 		FromStep: from, Elapsed: time.Since(bd.started)}
 	if _, err := os.Stat(filepath.Join(dst, "vmlinuz")); err == nil {

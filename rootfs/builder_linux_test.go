@@ -182,6 +182,19 @@ func TestCachePrefixAndRemove(t *testing.T) {
 	if _, ok := c.Lookup("aaaa1111"); !ok {
 		t.Fatal("lookup failed")
 	}
+	// Older images of one definition beyond the newest keep are pruned.
+	put("cccc0001", db, time.Now().Add(-3*time.Hour))
+	put("cccc0002", db, time.Now().Add(-2*time.Hour))
+	if pruned := c.prune(db[len(db)-1], 2); len(pruned) != 1 || filepath.Base(pruned[0]) != "cccc0001" {
+		t.Fatalf("pruned %v", pruned)
+	}
+	c.prune(db[len(db)-1], 1)
+	if _, ok := c.Lookup("cccc0002"); ok {
+		t.Fatal("prune kept too many")
+	}
+	if _, ok := c.Lookup("bbbb2222"); !ok {
+		t.Fatal("prune removed the newest")
+	}
 	if _, err := c.Remove("zzzz"); status.Code(err) != codes.NotFound {
 		t.Fatalf("rm unknown = %v", err)
 	}

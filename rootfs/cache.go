@@ -173,6 +173,30 @@ func (c Cache) Remove(ref string) ([]string, error) {
 	return removed, nil
 }
 
+// keepPerDigest is how many finished images of one definition stay cached:
+// each change of the embedded agent or init makes a new one (its steps come
+// from the cache), and the oldest go.
+const keepPerDigest = 3
+
+// prune removes all but the newest keep images of definition digest. Step
+// trees stay (the newer images share them).
+func (c Cache) prune(digest string, keep int) []string {
+	all, _ := c.List() // newest first
+	var removed []string
+	n := 0
+	for _, e := range all {
+		if e.Digest != digest {
+			continue
+		}
+		if n++; n > keep {
+			if os.RemoveAll(e.Dir) == nil {
+				removed = append(removed, e.Dir)
+			}
+		}
+	}
+	return removed
+}
+
 // Manifest describes a built image; it is /etc/sailbox/image.json in the
 // image and image.json beside it.
 type Manifest struct {
