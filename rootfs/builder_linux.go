@@ -577,7 +577,7 @@ func (bd *build) assemble(ctx context.Context, out string) (Manifest, error) {
 	m := Manifest{
 		ID: bd.id, Digest: bd.digests[len(bd.digests)-1], Base: bd.im.base, Suite: bd.info.Suite, Arch: bd.info.DebArch,
 		Steps: bd.im.Steps(), StepDigests: bd.digests,
-		Agent:   Binary{Path: GuestAgentPath, SHA256: bd.agentSHA, Version: binaryVersion(bd.agentPath)},
+		Agent:   Binary{Path: GuestAgentPath, SHA256: bd.agentSHA, Version: bd.agentVersion(ctx)},
 		Init:    Binary{Path: InitPath, SHA256: bd.initSHA, Version: binaryVersion(bd.initPath)},
 		EnvFile: envfile.Path, Mirror: bd.mirror.Archive, Builder: version.Version, BuiltAt: time.Now().UTC(),
 	}
@@ -644,6 +644,23 @@ func (bd *build) assemble(ctx context.Context, out string) (Manifest, error) {
 		return Manifest{}, err
 	}
 	return m, nil
+}
+
+// agentVersion asks the agent (guest-agent --version, under qemu-user
+// when foreign; a static binary needs no chroot), falling back to its Go
+// build info. imageinit is never run on the host: it is a PID 1.
+func (bd *build) agentVersion(ctx context.Context) string {
+	argv := []string{bd.agentPath, "--version"}
+	if !bd.emu.Native {
+		argv = append([]string{bd.emu.Interp}, argv...)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+	if v, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n"); err == nil && v != "" && len(v) < 200 {
+		return v
+	}
+	return binaryVersion(bd.agentPath)
 }
 
 // mkfs writes the tree into a new ext4 file sized from its content plus a

@@ -442,3 +442,21 @@ func TestRunImageCommand(t *testing.T) {
 		t.Fatalf("ls after rm: %d %q", code, out)
 	}
 }
+
+func TestBuildWithoutGuestBinaries(t *testing.T) {
+	bins := t.TempDir()
+	b := &Builder{CacheRoot: t.TempDir(), BinDir: bins}
+	_, err := b.Build(context.Background(), DebianArm64())
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), filepath.Join(bins, "guest-agent")) {
+		t.Fatalf("no agent: %v", err)
+	}
+	os.WriteFile(filepath.Join(bins, "guest-agent"), []byte("x"), 0o755)
+	_, err = b.Build(context.Background(), DebianArm64())
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "imageinit") || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("no imageinit: %v", err)
+	}
+	// An invalid definition is refused before anything else.
+	if _, err := b.Build(context.Background(), DebianArm64().AptInstall("")); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("invalid definition: %v", err)
+	}
+}
