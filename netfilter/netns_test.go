@@ -171,7 +171,19 @@ func (tp *topo) serve(t *testing.T, ns string, addrs ...string) {
 // dial connects from src (an address in ns) to dst and reads the greeting.
 func (tp *topo) dial(t testing.TB, ns string, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
 	t.Helper()
-	var err error
+	_, err := tp.dialRetrans(t, ns, src, dst, timeout)
+	return err
+}
+
+// dialRetrans is dial that also reports how many segments (SYNs included)
+// the client retransmitted: a dropped SYN shows up there regardless of how
+// slow a loaded machine is.
+func (tp *topo) dialRetrans(t testing.TB, ns string, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (uint32, error) {
+	t.Helper()
+	var (
+		err     error
+		retrans uint32
+	)
 	tp.in(t, ns, func() {
 		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 		var c net.Conn
@@ -180,6 +192,22 @@ func (tp *topo) dial(t testing.TB, ns string, src netip.Addr, dst netip.AddrPort
 			return
 		}
 		defer c.Close()
+		raw, e := c.(*net.TCPConn).SyscallConn()
+		if e != nil {
+			err = e
+			return
+		}
+		raw.Control(func(fd uintptr) {
+			info, e := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+			if e != nil {
+				err = e
+				return
+			}
+			retrans = info.Total_retrans
+		})
+		if err != nil {
+			return
+		}
 		c.SetDeadline(time.Now().Add(timeout))
 		var b []byte
 		b, err = io.ReadAll(c)
@@ -187,7 +215,7 @@ func (tp *topo) dial(t testing.TB, ns string, src netip.Addr, dst netip.AddrPort
 			err = fmt.Errorf("greeting %q", b)
 		}
 	})
-	return err
+	return retrans, err
 }
 
 const (

@@ -14,8 +14,8 @@ import (
 )
 
 // TestUpdateUnderLoad swaps policies over and over while sources that every
-// policy allows keep connecting: no connect may fail. A dropped SYN is only
-// retried after 1 s, so a connect timeout below that catches any refusal.
+// policy allows keep connecting: no connect may fail or need a SYN
+// retransmission (TCP_INFO), which is what a dropped SYN leads to.
 func TestUpdateUnderLoad(t *testing.T) {
 	tp := newTopo(t)
 	tp.serve(t, tp.guest, ":8080", ":8081")
@@ -57,7 +57,10 @@ func TestUpdateUnderLoad(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for !stop.Load() {
-					err := tp.dial(t, tp.host, src, netip.AddrPortFrom(guestAddrs[src.Is4()], port), 900*time.Millisecond)
+					retrans, err := tp.dialRetrans(t, tp.host, src, netip.AddrPortFrom(guestAddrs[src.Is4()], port), 10*time.Second)
+					if err == nil && retrans > 0 {
+						err = fmt.Errorf("%d retransmitted segments: a SYN was dropped", retrans)
+					}
 					if err != nil {
 						if failed.Add(1) <= 5 {
 							t.Errorf("%s -> %d during updates: %v", src, port, err)
