@@ -24,9 +24,10 @@ import (
 // Client talks to one agent. It is safe for concurrent use; calls share one
 // connection, which is re-established on demand.
 type Client struct {
-	addr string
-	opts transport.DialOptions
-	log  *slog.Logger
+	addr        string
+	opts        transport.DialOptions
+	dialTimeout time.Duration
+	log         *slog.Logger
 
 	mu   sync.Mutex
 	conn *conn
@@ -40,8 +41,10 @@ type conn struct {
 
 // Options configure a Client.
 type Options struct {
-	Dial   transport.DialOptions
-	Logger *slog.Logger
+	Dial transport.DialOptions
+	// DialTimeout bounds one (re)connection, retries included (default 10s).
+	DialTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // New returns a client for addr; it dials lazily. A malformed address fails here.
@@ -52,7 +55,10 @@ func New(addr string, o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Client{addr: addr, opts: o.Dial, log: o.Logger}, nil
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	return &Client{addr: addr, opts: o.Dial, dialTimeout: o.DialTimeout, log: o.Logger}, nil
 }
 
 // Addr returns the agent address.
@@ -65,7 +71,9 @@ func (c *Client) get(ctx context.Context) (*conn, error) {
 	if c.conn != nil {
 		return c.conn, nil
 	}
-	nc, err := transport.DialWith(ctx, c.addr, c.opts)
+	dctx, cancel := context.WithTimeout(ctx, c.dialTimeout)
+	defer cancel()
+	nc, err := transport.DialWith(dctx, c.addr, c.opts)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "agent %s: %v", c.addr, err)
 	}
@@ -116,19 +124,24 @@ func IsConnectionError(err error) bool {
 	return false
 }
 
-// call runs f on a connection, redialing and retrying once per broken link
-// until ctx ends. Only idempotent calls go through call: Start is idempotent
+// call runs f on a connection, redialing and retrying after each broken link
+// until ctx ends. A failed dial is not retried here: the dialer already
+// retried what can be retried. Only idempotent calls go through call: Start is idempotent
 // on its exec id, the rest are reads or converge.
 func (c *Client) call(ctx context.Context, f func(*conn) error) error {
 	backoff := 20 * time.Millisecond
 	for {
 		cn, err := c.get(ctx)
-		if err == nil {
-			err = f(cn)
-			if err == nil || !IsConnectionError(err) {
-				return err
-			}
-			c.drop(cn)
+		if err != nil {
+			return err
+		}
+		began := time.Now()
+		if err = f(cn); err == nil || !IsConnectionError(err) {
+			return err
+		}
+		c.drop(cn)
+		if time.Since(began) > time.Second {
+			backoff = 20 * time.Millisecond // the link worked for a while: not a failing loop
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("agent %s: %w (last error: %v)", c.addr, status.FromContextError(ctx.Err()).Err(), err)
