@@ -330,6 +330,30 @@ func TestBuilderPipeline(t *testing.T) {
 		t.Fatalf("/seen = %q (env of earlier steps)", got)
 	}
 
+	// A build step copies its context and runs its commands in dest.
+	ctxDir := t.TempDir()
+	os.WriteFile(filepath.Join(ctxDir, "data.txt"), []byte("payload\n"), 0o600)
+	os.Mkdir(filepath.Join(ctxDir, "sub"), 0o755)
+	os.Symlink("../data.txt", filepath.Join(ctxDir, "sub", "link"))
+	withCtx := def.Build(ctxDir, "/app", `read x < sub/link; echo "$x from $PWD" > out`)
+	res3, err := b.Build(ctx, withCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := debugfsCat(t, res3.Path, "/app/out"); got != "payload from /app\n" {
+		t.Fatalf("/app/out = %q", got)
+	}
+	// The context changed after the definition was made: refused (a cached
+	// step of the old content would still be served, being that content).
+	stale := def.Env(map[string]string{"X": "1"}).Build(ctxDir, "/app")
+	os.WriteFile(filepath.Join(ctxDir, "data.txt"), []byte("other\n"), 0o600)
+	if _, err := b.Build(ctx, def.Build(ctxDir, "/app2").RunCommands("true")); err != nil {
+		t.Fatalf("fresh definition of the changed context: %v", err)
+	}
+	if _, err := b.Build(ctx, stale); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "changed since") {
+		t.Fatalf("stale context: %v", err)
+	}
+
 	// A failing step names itself and its exit code; the cache is untouched.
 	before := cacheListing(t, c)
 	bad := def.RunCommands("true", "echo oops >&2; exit 3")
