@@ -371,4 +371,3 @@ func parseSignal(s string) (syscall.Signal, error) {
 	}
 	return 0, invalid("unknown signal %q", s)
 }
-
