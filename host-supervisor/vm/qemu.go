@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -209,7 +210,24 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	v.cmd = cmd
 	v.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig follows the forking OS thread, not the process: start QEMU
+	// from a locked thread that lives until QEMU has exited.
+	startErr := make(chan error, 1)
+	consoleDone := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			startErr <- err
+			return
+		}
+		startErr <- nil
+		err := cmd.Wait()
+		<-consoleDone
+		v.exitErr = err
+		close(v.exited)
+	}()
+	if err := <-startErr; err != nil {
 		pw.Close()
 		pr.Close()
 		logf.Close()
@@ -217,17 +235,10 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		return nil, fmt.Errorf("vm %s: start %s: %w", cfg.Name, cfg.QEMU, err)
 	}
 	pw.Close()
-	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
 		defer logf.Close()
 		v.readConsole(pr, logf)
-	}()
-	go func() {
-		err := cmd.Wait()
-		<-consoleDone
-		v.exitErr = err
-		close(v.exited)
 	}()
 	v.log.Info("qemu started", "pid", cmd.Process.Pid, "dir", cfg.Dir)
 	qctx, qcancel := context.WithTimeout(ctx, 10*time.Second)

@@ -222,7 +222,22 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatalf("4 MiB output: %d bytes, %v", len(r.stdout), err)
 	}
 
-	// 6. kill -9 the agent inside the guest: imageinit restarts it and the
+	// 6. Pause and resume the VM through QMP; the agent answers after cont.
+	if err := v.QMP().Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := v.QMP().QueryStatus(ctx); err != nil || st.Status != "paused" {
+		t.Fatalf("query-status after stop: %+v %v", st, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := v.QMP().Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := run(ctx, c, &agentv1.StartRequest{Command: "echo resumed"}); err != nil || r.stdout != "resumed\n" {
+		t.Fatalf("exec after cont: %+v %v", r, err)
+	}
+
+	// 7. kill -9 the agent inside the guest: imageinit restarts it and the
 	// client reconnects by itself.
 	info, err := c.Info(ctx)
 	if err != nil {
@@ -253,7 +268,7 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Errorf("imageinit did not log the agent's death")
 	}
 
-	// 7. Clean power-off: imageinit stops everything (httpd included),
+	// 8. Clean power-off: imageinit stops everything (httpd included),
 	// unmounts and powers off; QEMU exits by itself.
 	clean, err := v.Shutdown(ctx, 20*time.Second)
 	if !clean || err != nil {
