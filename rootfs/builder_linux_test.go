@@ -450,6 +450,9 @@ func TestRunImageCommand(t *testing.T) {
 	if code != 125 || !strings.HasPrefix(errs, "error: NotFound: ") {
 		t.Fatalf("rm unknown: %d %q", code, errs)
 	}
+	if code, _, errs = run("build", "--bogus", def); code != 125 || !strings.HasPrefix(errs, "error: InvalidArgument: ") {
+		t.Fatalf("bad flag: %d %q", code, errs)
+	}
 	if code, _, _ = run("frob"); code != 125 {
 		t.Fatalf("unknown subcommand: %d", code)
 	}

@@ -25,8 +25,9 @@ path and kernel); progress goes to stderr, the full log beside the image.
 `
 
 // RunImageCommand is `host-supervisor image ...`: args are the words after
-// "image". It returns the exit status: 0, 2 for usage, 125 for an error
-// (printed as "error: CODE: message").
+// "image" (build FILE | ls | rm REF...), with their flags. It returns the
+// exit status: 0, 125 for an error (printed on stderr as "error: CODE:
+// message" with a gRPC code name), 2 when called with no words at all.
 func RunImageCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "error: %s: %s\n", status.Code(err), status.Convert(err).Message())
@@ -40,8 +41,8 @@ func RunImageCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return 0
 	}
 	fs := flag.NewFlagSet("image "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, imageUsage) }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // printed for -h below; errors are one line
 	cacheDir := fs.String("cache-dir", "", "cache root (default ${SAILBOX_CACHE:-$HOME/.cache/sailbox})")
 	asJSON := fs.Bool("json", false, "machine-readable output")
 	var timeout *time.Duration
@@ -52,9 +53,10 @@ func RunImageCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stderr, imageUsage)
 			return 0
 		}
-		return 2
+		return fail(status.Errorf(codes.InvalidArgument, "image %s: %v", args[0], err))
 	}
 	cache := OpenCache(*cacheDir)
 	switch args[0] {
