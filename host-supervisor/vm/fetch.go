@@ -237,7 +237,7 @@ func (f *Fetcher) Kernel(ctx context.Context) (Kernel, error) {
 		return Kernel{}, err
 	}
 	defer unlock()
-	dir, err := f.resolveKernel(ctx)
+	dir, err := f.memo(ctx, "kernel", f.resolveKernel)
 	if err != nil {
 		if cached, cerr := f.newest("linux-image-"); cerr == nil {
 			f.log().Warn("vm: using a cached kernel", "dir", cached, "err", err)
@@ -249,7 +249,10 @@ func (f *Fetcher) Kernel(ctx context.Context) (Kernel, error) {
 	return kernelIn(dir)
 }
 
-func (f *Fetcher) resolveKernel(ctx context.Context) (string, error) {
+// memo resolves and extracts a package once per index refresh: the
+// answer is kept in apt-arm64/resolved/KEY and trusted while it is newer
+// than the index, which saves the apt-cache calls on every boot.
+func (f *Fetcher) memo(ctx context.Context, key string, resolve func(ctx context.Context, conf string) (string, error)) (string, error) {
 	conf, err := f.aptConfig()
 	if err != nil {
 		return "", err
@@ -257,6 +260,26 @@ func (f *Fetcher) resolveKernel(ctx context.Context) (string, error) {
 	if err := f.updateIndex(ctx, conf); err != nil {
 		return "", err
 	}
+	p := filepath.Join(f.aptDir(), "resolved", key)
+	stamp, serr := os.Stat(filepath.Join(f.aptDir(), "updated"))
+	if fi, err := os.Stat(p); err == nil && serr == nil && !fi.ModTime().Before(stamp.ModTime()) {
+		if b, err := os.ReadFile(p); err == nil {
+			if _, err := os.Stat(filepath.Join(string(b), ".done")); err == nil {
+				return string(b), nil
+			}
+		}
+	}
+	dir, err := resolve(ctx, conf)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+		os.WriteFile(p, []byte(dir), 0o644)
+	}
+	return dir, nil
+}
+
+func (f *Fetcher) resolveKernel(ctx context.Context, conf string) (string, error) {
 	out, err := f.apt(ctx, conf, "", "apt-cache", "depends", "linux-image-arm64")
 	if err != nil {
 		return "", err
@@ -299,7 +322,9 @@ func (f *Fetcher) Busybox(ctx context.Context) (string, error) {
 		return "", err
 	}
 	defer unlock()
-	dir, err := f.resolve(ctx, "busybox-static")
+	dir, err := f.memo(ctx, "busybox-static", func(ctx context.Context, conf string) (string, error) {
+		return f.resolve(ctx, conf, "busybox-static")
+	})
 	if err != nil {
 		cached, cerr := f.newest("busybox-static_")
 		if cerr != nil {
@@ -315,14 +340,7 @@ func (f *Fetcher) Busybox(ctx context.Context) (string, error) {
 	return p, nil
 }
 
-func (f *Fetcher) resolve(ctx context.Context, pkg string) (string, error) {
-	conf, err := f.aptConfig()
-	if err != nil {
-		return "", err
-	}
-	if err := f.updateIndex(ctx, conf); err != nil {
-		return "", err
-	}
+func (f *Fetcher) resolve(ctx context.Context, conf, pkg string) (string, error) {
 	ver, err := f.candidate(ctx, conf, pkg)
 	if err != nil {
 		return "", err
