@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -72,7 +74,7 @@ func TestRunUp(t *testing.T) {
 	}
 	defer c.Close()
 	id := "cat-data"
-	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: id, Command: "cat /data/hello.txt; hostname; grep ' /data ' /proc/mounts | cut -d' ' -f3; " +
+	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: id, Command: "echo written-in-guest > /data/new.txt; cat /data/hello.txt; hostname; grep ' /data ' /proc/mounts | cut -d' ' -f3; " +
 		"ip -o -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep ^default | cut -d' ' -f1-3"}); err != nil {
 		t.Fatal(err)
 	}
@@ -89,5 +91,14 @@ func TestRunUp(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("RunUp did not return after cancel")
+	}
+	// imageinit synced and unmounted /data before powering off: the
+	// filesystem is clean and holds what the guest wrote.
+	img := filepath.Join(dir, "data.ext4")
+	if out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput(); err != nil || !regexp.MustCompile(`Filesystem state:\s+clean\n`).Match(out) {
+		t.Errorf("data disk after power-off: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("debugfs", "-R", "cat /new.txt", img).Output(); err != nil || string(out) != "written-in-guest\n" {
+		t.Errorf("file written in the guest: %q %v", out, err)
 	}
 }
