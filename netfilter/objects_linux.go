@@ -150,6 +150,19 @@ func updateMaps(m filterMaps, p Policy) error {
 	if err != nil {
 		return err
 	}
+	// Allows are added before stale entries go, so for a moment the trie
+	// holds both policies; refuse up front rather than fail half way.
+	union := len(have)
+	for k := range want {
+		if _, ok := have[k]; !ok {
+			union++
+		}
+	}
+	if max := int(m.Policy.MaxEntries()); union > max {
+		return withCode(codes.ResourceExhausted, fmt.Errorf(
+			"policy needs %d trie entries (%d during the update from the current one), over the limit of %d",
+			len(want), union, max))
+	}
 	cur, err := readPorts(m.Ports)
 	if err != nil {
 		return fmt.Errorf("read port bitmap: %w", err)
@@ -180,12 +193,12 @@ func updateMaps(m filterMaps, p Policy) error {
 			staleAllows = append(staleAllows, k)
 		}
 	}
-	union := cur
-	for i := range union {
-		union[i] |= ports[i]
+	both := cur
+	for i := range both {
+		both[i] |= ports[i]
 	}
-	if union != cur {
-		if err := writePorts(m.Ports, union); err != nil {
+	if both != cur {
+		if err := writePorts(m.Ports, both); err != nil {
 			return fmt.Errorf("write port bitmap: %w", err)
 		}
 	}
@@ -201,7 +214,7 @@ func updateMaps(m filterMaps, p Policy) error {
 	if err := deleteEntries(m.Policy, staleAllows); err != nil {
 		return err
 	}
-	if ports != union {
+	if ports != both {
 		if err := writePorts(m.Ports, ports); err != nil {
 			return fmt.Errorf("write port bitmap: %w", err)
 		}

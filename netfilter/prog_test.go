@@ -2,9 +2,13 @@ package netfilter
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/sailbox/sailbox/internal/testcap"
 )
 
@@ -120,5 +124,45 @@ func TestVerdicts(t *testing.T) {
 				t.Fatalf("verdict %#x, want %#x", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestPolicyTooLarge: a policy the trie cannot hold, alone or next to the
+// current one during an update, is refused before anything changes.
+func TestPolicyTooLarge(t *testing.T) {
+	testcap.Root(t)
+	spec, err := loadIngress()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps["policy"].MaxEntries = 100
+	var objs objects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	prefixes := func(first, n int) []netip.Prefix {
+		var ps []netip.Prefix
+		for i := range n {
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(first + i), 0}), 24))
+		}
+		return ps
+	}
+	if err := updateMaps(objs.filterMaps, Policy{80: prefixes(0, 150)}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("150 prefixes in a 100-entry trie: %v", err)
+	}
+	if err := updateMaps(objs.filterMaps, Policy{80: prefixes(0, 60)}); err != nil {
+		t.Fatal(err)
+	}
+	err = updateMaps(objs.filterMaps, Policy{80: prefixes(100, 60)})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "during the update") {
+		t.Fatalf("60 -> 60 other prefixes in a 100-entry trie: %v", err)
+	}
+	entries, err := dump(objs.Policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := decode(entries).String(), (Policy{80: prefixes(0, 60)}).normalized().String(); got != want {
+		t.Errorf("the refused update changed the trie:\n%s", got)
 	}
 }
