@@ -124,3 +124,33 @@ func BenchmarkFilter(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkUpdate swaps a trie between two different policies of 100,000
+// prefixes each (100,000 batched inserts and deletes per update, plus the
+// read-back of the current contents).
+func BenchmarkUpdate(b *testing.B) {
+	objs := loadTestObjects(b, nil)
+	p1 := benchPolicy(100_000)
+	p2 := make(Policy)
+	for port, ps := range p1 {
+		for _, pfx := range ps {
+			if pfx.Addr().Is4() && pfx.Bits() < 32 {
+				pfx = netip.PrefixFrom(pfx.Addr(), pfx.Bits()+1) // a different entry
+			}
+			p2[port] = append(p2[port], pfx)
+		}
+	}
+	if err := updateMaps(objs.filterMaps, p1); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		p := p2
+		if i%2 == 1 {
+			p = p1
+		}
+		if err := updateMaps(objs.filterMaps, p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

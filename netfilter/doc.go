@@ -21,7 +21,10 @@
 // IPv6 prefix that contains ::ffff:0:0/96 (::/0, say) is stored as the pieces
 // around that range, and List merges them back. A bitmap of policed ports in
 // front of the trie lets packets to open ports skip the lookup; the trie
-// alone decides for ports whose bit is set.
+// alone decides for ports whose bit is set. The trie holds up to 1,048,576
+// entries: one per prefix plus one marker per policed port (an IPv6 prefix
+// containing ::ffff:0:0/96 takes up to 96); a larger policy is refused with
+// ResourceExhausted.
 //
 // # Parsing decisions
 //

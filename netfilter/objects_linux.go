@@ -66,9 +66,29 @@ func loadObjects() (*objects, error) {
 // batchSize bounds one BPF_MAP_UPDATE/DELETE_BATCH call.
 const batchSize = 4096
 
-// dump reads the whole trie.
+// dump reads the whole trie, in batches where the kernel has them (one
+// syscall per entry pair otherwise).
 func dump(m *ebpf.Map) (map[lpmKey]uint32, error) {
 	out := make(map[lpmKey]uint32)
+	var cursor ebpf.MapBatchCursor
+	keys := make([]lpmKey, batchSize)
+	vals := make([]uint32, batchSize)
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read policy: %w", err)
+		}
+	}
+	clear(out)
 	var (
 		k lpmKey
 		v uint32
