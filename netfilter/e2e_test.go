@@ -219,6 +219,7 @@ func TestErrorCodes(t *testing.T) {
 		{"bad policy", f.Attach("sbxnf-none0", Policy{80: {netip.PrefixFrom(a("10.0.0.1"), 8)}}), codes.InvalidArgument},
 		{"update nothing", f.Update("sbxnf-none0", nil), codes.NotFound},
 		{"detach nothing", f.Detach("sbxnf-none0"), codes.NotFound},
+		{"bad mode", Filters{Mode: "xdp"}.Attach("sbxnf-none0", nil), codes.InvalidArgument},
 	} {
 		if got := status.Code(tc.err); got != tc.want {
 			t.Errorf("%s: %v (code %v), want %v", tc.name, tc.err, got, tc.want)

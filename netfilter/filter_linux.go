@@ -273,6 +273,9 @@ func tcxLive(pin string, ifindex int) (bool, error) {
 // and pins. Filling before attaching means the device never runs with a
 // partial policy.
 func (f Filters) attach(device, dir string, p Policy) (err error) {
+	if m := f.Mode; m != ModeAuto && m != ModeTCX && m != ModeTC {
+		return withCode(codes.InvalidArgument, fmt.Errorf("netfilter: unknown attach mode %q", m))
+	}
 	want, err := p.entries()
 	if err != nil {
 		return withCode(codes.InvalidArgument, fmt.Errorf("netfilter: %s: %w", device, err))
@@ -308,8 +311,7 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 	if err := objs.Ports.Pin(filepath.Join(dir, "ports")); err != nil {
 		return fmt.Errorf("netfilter: %s: %w", device, err)
 	}
-	mode := f.Mode
-	if mode == ModeAuto || mode == ModeTCX {
+	if mode := f.Mode; mode == ModeAuto || mode == ModeTCX {
 		// First in the chain: a program before it returning TCX_PASS
 		// would skip the filter. It passes with TCX_NEXT, so the others
 		// still run.
@@ -327,7 +329,7 @@ func (f Filters) attach(device, dir string, p Policy) (err error) {
 			}
 			slog.Info("netfilter: attached", "device", device, "mode", ModeTCX, "entries", len(want))
 			return nil
-		case mode == ModeAuto && errors.Is(err, ebpf.ErrNotSupported):
+		case f.Mode == ModeAuto && errors.Is(err, ebpf.ErrNotSupported):
 			slog.Info("netfilter: TCX not supported, falling back to tc clsact", "device", device)
 		default:
 			return fmt.Errorf("netfilter: %s: attach TCX: %w", device, err)
