@@ -5,9 +5,10 @@
 // i.e. on every frame the host hands to the guest. Policy is one LPM trie
 // keyed by (dst port, source address as IPv6, IPv4 mapped into
 // ::ffff:0:0/96):
-//   {16, port}                  -> 0   marker: the port is policed, deny
-//   {16 + 128 or 96+len, port, prefix} -> 1   allow
-//   no match                    -> the port is open
+//   {16, port}                        -> 0     marker: the port is policed, deny
+//   {16 + len, port, IPv6 prefix}     -> 1, 2  allow (2: piece of a split prefix)
+//   {16 + 96 + len, port, ::ffff:v4}  -> 1     allow
+//   no match                          -> the port is open
 // policed_ports is a bitmap in front of the trie that lets open ports skip
 // the lookup.
 // Only TCP to a policed port from a source outside its list is dropped.
