@@ -10,6 +10,7 @@ require (
 
 require (
 	github.com/cavaliergopher/cpio v1.0.1 // indirect
+	github.com/chzyer/readline v1.5.1 // indirect
 	github.com/cilium/ebpf v0.22.0 // indirect
 	github.com/containerd/log v0.1.0 // indirect
 	github.com/creack/pty v1.1.24 // indirect
