@@ -1,0 +1,356 @@
+package execstore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+var (
+	bucketExecs     = []byte("execs")     // exec id → Record
+	bucketKeys      = []byte("keys")      // sandbox \x00 idempotency key → exec id
+	bucketOrder     = []byte("order")     // seq (big endian) → exec id
+	bucketSandboxes = []byte("sandboxes") // sandbox id → Sandbox (journalled fields)
+)
+
+// Store is the journal. Safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Options tune Open.
+type Options struct {
+	// BatchDelay is how long a commit waits for others to share its fsync
+	// (default 2ms).
+	BatchDelay time.Duration
+}
+
+// Open opens (creating if needed) the journal at path. A journal left by a
+// crash, even in the middle of a commit, opens at its last committed state.
+func Open(path string, o Options) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("exec journal %s: %w", path, err)
+	}
+	db.MaxBatchDelay = o.BatchDelay
+	if db.MaxBatchDelay <= 0 {
+		db.MaxBatchDelay = 2 * time.Millisecond
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketExecs, bucketKeys, bucketOrder, bucketSandboxes} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("exec journal %s: %w", path, err)
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+// Close closes the journal.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the journal file.
+func (s *Store) Path() string { return s.path }
+
+func keyIndex(sandbox, key string) []byte { return []byte(sandbox + "\x00" + key) }
+
+func seqKey(seq uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return b[:]
+}
+
+func getRecord(tx *bolt.Tx, id string) (*Record, error) {
+	v := tx.Bucket(bucketExecs).Get([]byte(id))
+	if v == nil {
+		return nil, status.Errorf(codes.NotFound, "exec %s not found", id)
+	}
+	r := new(Record)
+	if err := proto.Unmarshal(v, r); err != nil {
+		return nil, status.Errorf(codes.DataLoss, "exec %s: journal record unreadable: %v", id, err)
+	}
+	return r, nil
+}
+
+func putRecord(tx *bolt.Tx, r *Record) error {
+	v, err := proto.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketExecs).Put([]byte(r.Id), v)
+}
+
+// Accept journals a new exec in state accepted and returns it with its
+// sequence number. When the sandbox already has a record with the same
+// idempotency key it is returned instead (created=false) if the request is
+// the same, and AlreadyExists otherwise. The commit is durable on return.
+func (s *Store) Accept(r *Record) (rec *Record, created bool, err error) {
+	if r.Id == "" || r.Sandbox == "" {
+		return nil, false, status.Error(codes.InvalidArgument, "exec record without id or sandbox")
+	}
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		rec, created = nil, false // Batch may run this function twice
+		if r.IdempotencyKey != "" {
+			if id := tx.Bucket(bucketKeys).Get(keyIndex(r.Sandbox, r.IdempotencyKey)); id != nil {
+				old, err := getRecord(tx, string(id))
+				if err != nil {
+					return err
+				}
+				if !sameRequest(old.Request, r.Request) {
+					return status.Errorf(codes.AlreadyExists, "exec %s: idempotency key %q was used with a different request", old.Id, r.IdempotencyKey)
+				}
+				rec = old
+				return nil
+			}
+		}
+		if tx.Bucket(bucketExecs).Get([]byte(r.Id)) != nil {
+			return status.Errorf(codes.AlreadyExists, "exec %s already exists", r.Id)
+		}
+		n := proto.Clone(r).(*Record)
+		seq, err := tx.Bucket(bucketOrder).NextSequence()
+		if err != nil {
+			return err
+		}
+		n.Seq = seq
+		n.State = Accepted
+		if n.Stdout == nil {
+			n.Stdout = &supervisorv1.StreamInfo{}
+		}
+		if n.Stderr == nil {
+			n.Stderr = &supervisorv1.StreamInfo{}
+		}
+		if err := putRecord(tx, n); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketOrder).Put(seqKey(seq), []byte(n.Id)); err != nil {
+			return err
+		}
+		if n.IdempotencyKey != "" {
+			if err := tx.Bucket(bucketKeys).Put(keyIndex(n.Sandbox, n.IdempotencyKey), []byte(n.Id)); err != nil {
+				return err
+			}
+		}
+		rec, created = n, true
+		return nil
+	})
+	return rec, created, err
+}
+
+func sameRequest(a, b *agentv1.StartRequest) bool {
+	return proto.Equal(a, b)
+}
+
+// Get returns a record (NotFound when there is none).
+func (s *Store) Get(id string) (r *Record, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		r, err = getRecord(tx, id)
+		return err
+	})
+	return r, err
+}
+
+// Update applies f to a record (use the transition functions) and commits
+// it durably. An error from f aborts the change and is returned.
+func (s *Store) Update(id string, f func(r *Record) error) (r *Record, err error) {
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		r = nil
+		cur, err := getRecord(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := f(cur); err != nil {
+			return err
+		}
+		if err := putRecord(tx, cur); err != nil {
+			return err
+		}
+		r = cur
+		return nil
+	})
+	return r, err
+}
+
+// List returns up to limit records with seq > after, in acceptance order,
+// of one sandbox (or all when sandbox is ""), and the seq to pass as after
+// for the next page (0 when there is none).
+func (s *Store) List(sandbox string, after uint64, limit int) (out []*Record, next uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOrder).Cursor()
+		for k, id := c.Seek(seqKey(after + 1)); k != nil; k, id = c.Next() {
+			r, err := getRecord(tx, string(id))
+			if err != nil {
+				return err
+			}
+			if sandbox != "" && r.Sandbox != sandbox {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].Seq
+				return nil
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// NonFinal returns every record not in a final state, in acceptance order.
+func (s *Store) NonFinal() (out []*Record, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOrder).Cursor()
+		for k, id := c.First(); k != nil; k, id = c.Next() {
+			r, err := getRecord(tx, string(id))
+			if err != nil {
+				return err
+			}
+			if !IsFinal(r.State) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func deleteRecord(tx *bolt.Tx, r *Record) error {
+	if err := tx.Bucket(bucketExecs).Delete([]byte(r.Id)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketOrder).Delete(seqKey(r.Seq)); err != nil {
+		return err
+	}
+	if r.IdempotencyKey != "" {
+		return tx.Bucket(bucketKeys).Delete(keyIndex(r.Sandbox, r.IdempotencyKey))
+	}
+	return nil
+}
+
+// Delete forgets a final record. A record that is not final is FailedPrecondition.
+func (s *Store) Delete(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		r, err := getRecord(tx, id)
+		if err != nil {
+			return err
+		}
+		if !IsFinal(r.State) {
+			return status.Errorf(codes.FailedPrecondition, "exec %s is %s: only finished execs can be deleted", id, StateName(r.State))
+		}
+		return deleteRecord(tx, r)
+	})
+}
+
+// Expire deletes final records that ended before cutoff, and the oldest
+// final records beyond keep (keep <= 0: no count limit). It returns the
+// deleted ids (their output files are the caller's).
+func (s *Store) Expire(cutoff time.Time, keep int) (deleted []string, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		deleted = nil
+		var final []*Record
+		c := tx.Bucket(bucketOrder).Cursor()
+		for k, id := c.First(); k != nil; k, id = c.Next() {
+			r, err := getRecord(tx, string(id))
+			if err != nil {
+				return err
+			}
+			if IsFinal(r.State) {
+				final = append(final, r)
+			}
+		}
+		over := 0
+		if keep > 0 && len(final) > keep {
+			over = len(final) - keep
+		}
+		for i, r := range final {
+			if i < over || (!cutoff.IsZero() && r.EndedUnixNano < cutoff.UnixNano()) {
+				if err := deleteRecord(tx, r); err != nil {
+					return err
+				}
+				deleted = append(deleted, r.Id)
+			}
+		}
+		return nil
+	})
+	return deleted, err
+}
+
+// LoseFrom marks lost, in one commit, every unfinished exec of a sandbox
+// accepted at or after checkpoint generation gen, and returns their ids.
+func (s *Store) LoseFrom(sandbox string, gen uint64, reason string) (lost []string, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		lost = nil
+		c := tx.Bucket(bucketOrder).Cursor()
+		for k, id := c.First(); k != nil; k, id = c.Next() {
+			r, err := getRecord(tx, string(id))
+			if err != nil {
+				return err
+			}
+			if r.Sandbox != sandbox || r.Generation < gen || IsFinal(r.State) {
+				continue
+			}
+			if err := Lose(r, reason); err != nil {
+				return err
+			}
+			if err := putRecord(tx, r); err != nil {
+				return err
+			}
+			lost = append(lost, r.Id)
+		}
+		return nil
+	})
+	return lost, err
+}
+
+// Sandbox is a registry entry (the journalled fields of the protocol message).
+type Sandbox = supervisorv1.Sandbox
+
+// PutSandbox stores a sandbox's journalled fields.
+func (s *Store) PutSandbox(sb *Sandbox) error {
+	v, err := proto.Marshal(&supervisorv1.Sandbox{Id: sb.Id, Agent: sb.Agent, Generation: sb.Generation, Labels: sb.Labels})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSandboxes).Put([]byte(sb.Id), v)
+	})
+}
+
+// DeleteSandbox removes a sandbox from the registry.
+func (s *Store) DeleteSandbox(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSandboxes).Delete([]byte(id))
+	})
+}
+
+// Sandboxes returns every registered sandbox.
+func (s *Store) Sandboxes() (out []*Sandbox, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSandboxes).ForEach(func(k, v []byte) error {
+			sb := new(Sandbox)
+			if err := proto.Unmarshal(v, sb); err != nil {
+				return status.Errorf(codes.DataLoss, "sandbox %s: journal entry unreadable: %v", k, err)
+			}
+			out = append(out, sb)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// IsNotFound reports whether err is a NotFound status.
+func IsNotFound(err error) bool {
+	return status.Code(err) == codes.NotFound
+}
