@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,11 +35,18 @@ func guestBins(t *testing.T) string {
 	return dir
 }
 
-// TestBuildDebianArm64 is the real build: debootstrap from the host's
-// mirror, apt under qemu-user, the VM kernel's modules, mkfs.ext4. The
-// cache (${SAILBOX_CACHE:-~/.cache/sailbox}) makes later runs fast; the
-// cold build takes minutes on 2 cores.
-func TestBuildDebianArm64(t *testing.T) {
+var demo struct {
+	sync.Mutex
+	def  Image
+	b    *Builder
+	res  *Result
+	bins string
+}
+
+// demoImage builds (once per test binary) the demo definition: debian_arm64
+// + apt_install curl + env APP_ENV=demo.
+func demoImage(t *testing.T) (Image, *Builder, *Result) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("the real image build takes minutes cold (-short)")
 	}
@@ -46,17 +54,42 @@ func TestBuildDebianArm64(t *testing.T) {
 	for _, c := range []string{"debootstrap", "qemu-aarch64-static", "mkfs.ext4", "debugfs", "cp"} {
 		testcap.Command(t, c)
 	}
+	demo.Lock()
+	defer demo.Unlock()
+	if demo.res != nil {
+		return demo.def, demo.b, demo.res
+	}
 	bins := guestBins(t)
+	// The binaries outlive this test: later tests use them through b.
+	keep, err := os.MkdirTemp("", "rootfs-bins-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"guest-agent", "imageinit"} {
+		if err := copyFile(filepath.Join(bins, n), filepath.Join(keep, n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	def := DebianArm64().AptInstall("curl").Env(map[string]string{"APP_ENV": "demo"})
 	var progress strings.Builder
-	b := &Builder{BinDir: bins, Progress: &progress}
-	ctx := context.Background()
-
-	first, err := b.Build(ctx, def)
+	b := &Builder{BinDir: keep, Progress: &progress}
+	res, err := b.Build(context.Background(), def)
 	t.Logf("progress:\n%s", progress.String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.Progress = nil
+	demo.def, demo.b, demo.res, demo.bins = def, b, res, keep
+	return def, b, res
+}
+
+// TestBuildDebianArm64 is the real build: debootstrap from the host's
+// mirror, apt under qemu-user, the VM kernel's modules, mkfs.ext4. The
+// cache (${SAILBOX_CACHE:-~/.cache/sailbox}) makes later runs fast; the
+// cold build takes minutes on 2 cores.
+func TestBuildDebianArm64(t *testing.T) {
+	def, b, first := demoImage(t)
+	ctx := context.Background()
 	t.Logf("first build: %s (cached=%v, from step %d), image %s", first.Elapsed.Round(time.Millisecond), first.Cached, first.FromStep, first.Path)
 	again, err := b.Build(ctx, def)
 	if err != nil {
@@ -132,4 +165,12 @@ func TestBuildDebianArm64(t *testing.T) {
 		t.Fatalf("curl --version = %q", out.String())
 	}
 	t.Logf("in the image: %s", strings.SplitN(out.String(), "\n", 2)[0])
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if demo.bins != "" {
+		os.RemoveAll(demo.bins)
+	}
+	os.Exit(code)
 }

@@ -8,11 +8,12 @@ import (
 )
 
 // vmModules are the modules the VM needs, by name: the VM driver's sets
-// (virtio transports, vsock, virtio-blk + ext4, virtio-net) plus the
-// virtio console.
+// (virtio transports, vsock, the agent's tcp_diag, virtio-blk + ext4,
+// virtio-net) plus the virtio console.
 func vmModules() []string {
 	var names []string
 	names = append(names, vm.VsockModules...)
+	names = append(names, vm.AgentModules...)
 	names = append(names, vm.DiskModules...)
 	names = append(names, vm.NetModules...)
 	return append(names, "virtio_console")
