@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/guest-agent/execengine"
 	"github.com/sailbox/sailbox/guest-agent/listener"
+	"github.com/sailbox/sailbox/guest-agent/pyfunc"
 	"github.com/sailbox/sailbox/guest-agent/reaper"
 	"github.com/sailbox/sailbox/guest-agent/service"
 	"github.com/sailbox/sailbox/internal/version"
@@ -42,6 +43,8 @@ type options struct {
 	freezeHooks    string
 	freezeRoot     string
 	freezeWatchdog time.Duration
+
+	python string
 }
 
 func parseFlags() options {
@@ -55,6 +58,7 @@ func parseFlags() options {
 	flag.StringVar(&o.freezeHooks, "freeze-hooks", "/etc/sailbox/freeze-hooks.d", "executables run with 'freeze' before a snapshot freeze and 'thaw' after the thaw")
 	flag.StringVar(&o.freezeRoot, "freeze-root", "/", "freeze only filesystems mounted at or below this path (set it outside a VM)")
 	flag.DurationVar(&o.freezeWatchdog, "freeze-watchdog", 60*time.Second, "thaw by itself when no thaw arrives this long after a freeze")
+	flag.StringVar(&o.python, "python", pyfunc.DefaultPython, "python interpreter for function calls: a path or a name looked up in PATH at each call")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -122,6 +126,8 @@ func run() error {
 		return err
 	}
 	agentv1.RegisterSnapshotService(srv, snap)
+	agentv1.RegisterFilesService(srv, &service.Files{Writable: snap.F.CheckWritable})
+	agentv1.RegisterFunctionService(srv, &service.Function{R: &pyfunc.Runner{Python: o.python, Starter: rp}})
 
 	l, err := transport.Listen(o.listen)
 	if err != nil {
