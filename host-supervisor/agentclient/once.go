@@ -14,7 +14,7 @@ import (
 func (c *Client) StartOnce(ctx context.Context, req *agentv1.StartRequest) (*agentv1.StartResponse, error) {
 	cn, err := c.get(ctx)
 	if err != nil {
-		return nil, err
+		return nil, &NotSentError{err}
 	}
 	resp, err := cn.exec.Start(ctx, req)
 	if IsConnectionError(err) {
@@ -22,3 +22,10 @@ func (c *Client) StartOnce(ctx context.Context, req *agentv1.StartRequest) (*age
 	}
 	return resp, err
 }
+
+// NotSentError is a StartOnce that failed before anything was sent (no
+// connection): the agent cannot have started the exec.
+type NotSentError struct{ Err error }
+
+func (e *NotSentError) Error() string { return e.Err.Error() }
+func (e *NotSentError) Unwrap() error { return e.Err }
