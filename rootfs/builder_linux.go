@@ -334,7 +334,7 @@ func (bd *build) prepareEmulation() error {
 		targets = append(targets, bd.emu.SystemInterp)
 	}
 	for _, t := range targets {
-		dst, err := resolveInRoot(bd.tree, t)
+		dst, err := resolveInRoot(bd.tree, t, false)
 		if err != nil {
 			return err
 		}
@@ -461,11 +461,7 @@ func (bd *build) runStep(ctx context.Context, i int) error {
 		if d != s.ContextDigest {
 			return status.Errorf(codes.FailedPrecondition, "step %d (build): context %s changed since the definition was made (digest %s, now %s)", i, s.Context, short(s.ContextDigest), short(d))
 		}
-		dst, err := resolveInRoot(bd.tree, s.Dest)
-		if err != nil {
-			return err
-		}
-		if err := copyContext(s.Context, dst); err != nil {
+		if err := copyContext(s.Context, bd.tree, s.Dest); err != nil {
 			return fmt.Errorf("copy context %s to %s: %w", s.Context, s.Dest, err)
 		}
 	}
@@ -546,7 +542,7 @@ func (bd *build) assemble(ctx context.Context, out string) (Manifest, error) {
 	}
 	// Build-only things out.
 	for _, p := range append(bd.emuFiles, "/usr/sbin/policy-rc.d", "/etc/resolv.conf", "/etc/dpkg/dpkg.cfg.d/90sailbox") {
-		if rp, err := resolveInRoot(bd.tree, p); err == nil {
+		if rp, err := resolveInRoot(bd.tree, p, false); err == nil {
 			os.Remove(rp)
 		}
 	}
@@ -560,7 +556,7 @@ func (bd *build) assemble(ctx context.Context, out string) (Manifest, error) {
 
 	// The guest's own binaries.
 	for _, f := range []struct{ src, dst string }{{bd.agentPath, GuestAgentPath}, {bd.initPath, InitPath}} {
-		dst, err := resolveInRoot(bd.tree, f.dst)
+		dst, err := resolveInRoot(bd.tree, f.dst, false)
 		if err != nil {
 			return fail("%v", err)
 		}
@@ -605,7 +601,7 @@ func (bd *build) assemble(ctx context.Context, out string) (Manifest, error) {
 		list.WriteString("# kernel modules for " + k.Release + " in load order (dependencies first); read by imageinit\n")
 		for _, rel := range mods {
 			guest := path.Join("/lib/modules", k.Release, filepath.ToSlash(rel))
-			dst, err := resolveInRoot(bd.tree, guest)
+			dst, err := resolveInRoot(bd.tree, guest, false)
 			if err != nil {
 				return fail("%v", err)
 			}
@@ -734,60 +730,6 @@ func treeUsage(root string) (used, inodes int64, err error) {
 		return nil
 	})
 	return used, inodes, err
-}
-
-// resolveInRoot maps an absolute guest path to a host path under root,
-// following the tree's symlinks as the guest would (an absolute link target
-// is relative to root), so nothing is written outside the tree.
-func resolveInRoot(root, p string) (string, error) {
-	parts := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
-	cur := "/"
-	for hops := 0; len(parts) > 0; {
-		part := parts[0]
-		parts = parts[1:]
-		if part == "" || part == "." {
-			continue
-		}
-		next := path.Join(cur, part)
-		if len(parts) == 0 {
-			// The last component itself is not followed: callers replace it.
-			return filepath.Join(root, next), nil
-		}
-		fi, err := os.Lstat(filepath.Join(root, next))
-		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if hops++; hops > 40 {
-			return "", fmt.Errorf("resolve %s in %s: too many symlinks", p, root)
-		}
-		t, err := os.Readlink(filepath.Join(root, next))
-		if err != nil {
-			return "", err
-		}
-		if !path.IsAbs(t) {
-			t = path.Join(cur, t)
-		}
-		parts = append(strings.Split(strings.Trim(path.Clean(t), "/"), "/"), parts...)
-		cur = "/"
-	}
-	return filepath.Join(root, cur), nil
-}
-
-// writeInRoot writes a file at guest path p in the tree (parents created).
-func writeInRoot(root, p string, data []byte, mode fs.FileMode) error {
-	dst, err := resolveInRoot(root, p)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	os.Remove(dst)
-	if err := os.WriteFile(dst, data, mode); err != nil {
-		return err
-	}
-	return os.Chmod(dst, mode)
 }
 
 // copyTree copies a tree with everything kept (owners, modes, links,

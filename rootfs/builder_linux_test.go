@@ -114,7 +114,7 @@ func TestResolveInRoot(t *testing.T) {
 		"/etc/sailbox/image.json": "etc/sailbox/image.json",
 	}
 	for in, want := range cases {
-		got, err := resolveInRoot(root, in)
+		got, err := resolveInRoot(root, in, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +123,7 @@ func TestResolveInRoot(t *testing.T) {
 		}
 	}
 	os.Symlink("loop", filepath.Join(root, "loop"))
-	if _, err := resolveInRoot(root, "/loop/x"); err == nil {
+	if _, err := resolveInRoot(root, "/loop/x", false); err == nil {
 		t.Error("symlink loop: no error")
 	}
 }
@@ -485,5 +485,37 @@ func TestBuildWithoutGuestBinaries(t *testing.T) {
 	// An invalid definition is refused before anything else.
 	if _, err := b.Build(context.Background(), DebianArm64().AptInstall("")); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("invalid definition: %v", err)
+	}
+}
+
+func TestCopyContextStaysInRoot(t *testing.T) {
+	testcap.Root(t) // the copy chowns to root
+	root := t.TempDir()
+	outside := t.TempDir() // stands for the host's /etc
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	// The image links /app to an absolute path and /app/sub out of the tree.
+	os.Symlink(outside, filepath.Join(root, "app"))
+	os.Symlink("../../../../.."+outside, filepath.Join(root, "etc", "sub"))
+	ctxDir := t.TempDir()
+	os.WriteFile(filepath.Join(ctxDir, "f"), []byte("1"), 0o640)
+	os.Mkdir(filepath.Join(ctxDir, "sub"), 0o750)
+	os.WriteFile(filepath.Join(ctxDir, "sub", "g"), []byte("2"), 0o600)
+	for _, dest := range []string{"/app", "/etc"} {
+		if err := copyContext(ctxDir, root, dest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("copy escaped the tree: %v in %s", ents, outside)
+	}
+	// /app -> <outside> resolves to <root><outside> inside the tree.
+	for _, p := range []string{filepath.Join(outside, "f"), filepath.Join(outside, "sub", "g"), "etc/f"} {
+		fi, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p == "etc/f" && fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s mode %o", p, fi.Mode().Perm())
+		}
 	}
 }

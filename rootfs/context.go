@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 )
 
@@ -63,27 +64,43 @@ func contextDigest(dir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// copyContext copies the build context src into dst (a path in the image
-// tree, created when missing), owned by root with the modes kept.
-func copyContext(src, dst string) error {
+// copyContext copies the build context src into the tree root at the guest
+// path dest (created when missing), owned by root with the modes kept.
+// Every target is resolved inside root, so a symlink in the image (say
+// /app -> /etc) never sends a write to the host's files.
+func copyContext(src, root, dest string) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
-		target := filepath.Join(dst, rel)
+		guest := path.Join(dest, filepath.ToSlash(rel))
 		info, err := d.Info()
 		if err != nil {
 			return err
 		}
-		switch {
-		case d.IsDir():
+		if d.IsDir() {
+			// An existing directory (or a link to one) in the image is used.
+			target, err := resolveInRoot(root, guest, true)
+			if err != nil {
+				return err
+			}
 			if err := os.MkdirAll(target, 0o755); err != nil {
 				return err
 			}
 			if err := os.Chmod(target, info.Mode().Perm()); err != nil {
 				return err
 			}
+			return os.Chown(target, 0, 0)
+		}
+		target, err := resolveInRoot(root, guest, false)
+		if err != nil {
+			return err
+		}
+		if fi, err := os.Lstat(target); err == nil && fi.IsDir() {
+			return fmt.Errorf("%s: a directory in the image, a file in the context", guest)
+		}
+		switch {
 		case d.Type()&fs.ModeSymlink != 0:
 			t, err := os.Readlink(p)
 			if err != nil {
@@ -98,10 +115,9 @@ func copyContext(src, dst string) error {
 			if err := copyFile(p, target, info.Mode().Perm()); err != nil {
 				return err
 			}
-		default:
-			return fmt.Errorf("%s: not a regular file, directory or symlink", p)
+			return os.Chown(target, 0, 0)
 		}
-		return os.Chown(target, 0, 0)
+		return fmt.Errorf("%s: not a regular file, directory or symlink", p)
 	})
 }
 

@@ -118,7 +118,7 @@ func TestBuildContextDigest(t *testing.T) {
 	d1 := mustDigest(t, im)
 	// The host path is not part of the digest; the content is.
 	dir2 := t.TempDir()
-	if err := copyContext(dir, dir2); err != nil {
+	if err := copyContext(dir, dir2, "/"); err != nil {
 		t.Fatal(err)
 	}
 	if d2 := mustDigest(t, DebianArm64().Build(dir2, "/app", "python3 app.py")); d2 != d1 {
