@@ -29,8 +29,12 @@ def main():
     except BaseException as e:
         t = type(e)
         name = t.__qualname__ if t.__module__ == "builtins" else t.__module__ + "." + t.__qualname__
+        tb = e.__traceback__
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next  # the runner's own frame says nothing
         record = b"E" + json.dumps({
-            "type": name, "message": str(e), "traceback": traceback.format_exc(),
+            "type": name, "message": str(e),
+            "traceback": "".join(traceback.format_exception(t, e, tb)),
         }).encode()
     for f in (sys.stdout, sys.stderr):
         try:
