@@ -94,6 +94,7 @@ func Serve(ctx context.Context, conn *net.UnixConn, dev Device, log *slog.Logger
 			return err
 		}
 		reply, herr := s.handle(h, payload, fds)
+		log.Debug("vhost-user request", "request", RequestName(h.Request), "size", h.Size, "fds", len(fds), "err", herr)
 		if herr != nil {
 			log.Warn("vhost-user request failed", "request", RequestName(h.Request), "err", herr)
 		}
