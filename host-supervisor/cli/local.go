@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/sailbox/sailbox/host-supervisor/local"
+	"github.com/sailbox/sailbox/host-supervisor/repl"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func init() {
+	register(&command{
+		name:    "local",
+		usage:   "[--agent-bin PATH] [--state-dir DIR] [--plain] [--history FILE]",
+		summary: "a local sandbox: the guest agent as a child (isolated in namespaces as root), no VM, and the REPL on it",
+		run:     runLocal,
+	})
+}
+
+func runLocal(ctx context.Context, stdio Stdio, args []string) int {
+	fs := flag.NewFlagSet("local", flag.ContinueOnError)
+	agentBin := fs.String("agent-bin", "", "guest-agent binary (default: guest-agent next to this executable)")
+	stateDir := fs.String("state-dir", "", "keep the agent's socket, state and log here (default: a private directory removed at exit)")
+	plain := fs.Bool("plain", false, "run the agent without namespaces even as root")
+	hist := fs.String("history", "", `history file ("-": none; default $XDG_STATE_HOME/sailbox/history or ~/.local/state/sailbox/history)`)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return fail(stdio, err)
+	}
+	if len(pos) > 0 {
+		return fail(stdio, invalid("local: unexpected arguments %q", pos))
+	}
+	notices := stdio.Err
+	if notices == nil {
+		notices = io.Discard
+	}
+	sb, err := local.Start(ctx, local.Options{AgentBin: *agentBin, StateDir: *stateDir, Plain: *plain, Notices: notices})
+	if err != nil {
+		return fail(stdio, status.Errorf(codes.FailedPrecondition, "local sandbox: %v", err))
+	}
+	defer sb.Close()
+	b, err := repl.DialAgent(sb.Addr)
+	if err != nil {
+		return fail(stdio, err)
+	}
+	defer b.Close()
+	if *stateDir != "" {
+		fmt.Fprintf(stdio.Err, "note: state in %s (agent log: %s); no journal is kept yet (the durable supervisor is not there)\n", sb.Dir, sb.Log)
+	}
+	return repl.Run(ctx, repl.Config{
+		Backend: b, In: stdio.In, Out: stdio.Out, Err: stdio.Err, HistoryFile: *hist, Gone: sb.Gone(),
+		Prompt: "local> ",
+		Banner: "sailbox local sandbox (agent " + sb.Addr + "). Type help; try: exec uname -a. Ctrl-D or exit leaves.",
+	})
+}

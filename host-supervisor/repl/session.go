@@ -1,0 +1,385 @@
+package repl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/chzyer/readline"
+	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Exit statuses, as in the host-supervisor CLI (DESIGN.md §3).
+const (
+	ExitTimedOut = 124
+	ExitError    = 125
+)
+
+// Config configures a session.
+type Config struct {
+	Backend Backend
+	In      io.Reader
+	Out     io.Writer
+	Err     io.Writer
+	// Prompt shown in interactive mode (default "sailbox> ").
+	Prompt string
+	// HistoryFile keeps the interactive history; "" = DefaultHistoryFile(),
+	// "-" = none.
+	HistoryFile string
+	// Gone, when not nil, is closed when the backend has gone for good (the
+	// local agent exited): the session ends with an error.
+	Gone <-chan struct{}
+	// Banner is printed once when an interactive session starts.
+	Banner string
+}
+
+// Session is one REPL session.
+type Session struct {
+	cfg         Config
+	b           Backend
+	out, err    io.Writer
+	interactive bool
+	commands    map[string]*command
+
+	mu      sync.Mutex
+	fg      string             // id of the foreground exec that Ctrl-C signals
+	fgInts  int                // Ctrl-Cs sent to it
+	cancel  context.CancelFunc // cancels the running command (when no fg exec)
+	rawMode bool               // a shell session owns the terminal
+}
+
+// Run runs a session until exit, end of input or (not interactive) the
+// first failure, and returns the exit status.
+func Run(ctx context.Context, cfg Config) int {
+	s := newSession(cfg)
+	if s.interactive {
+		return s.runInteractive(ctx)
+	}
+	return s.runScript(ctx)
+}
+
+func newSession(cfg Config) *Session {
+	if cfg.Prompt == "" {
+		cfg.Prompt = "sailbox> "
+	}
+	s := &Session{cfg: cfg, b: cfg.Backend, out: cfg.Out, err: cfg.Err, commands: commandTable()}
+	if f, ok := cfg.In.(*os.File); ok && f == os.Stdin && term.IsTerminal(int(f.Fd())) {
+		s.interactive = true
+	}
+	return s
+}
+
+// exitError is a remote command's non-zero exit: a failure that is not an
+// error of the supervisor or the agent.
+type exitError struct {
+	code int
+	what string // "exit status 1", "killed by signal 9 (KILL)", "timed out"
+}
+
+func (e *exitError) Error() string { return e.what }
+
+// statusCode maps a command's error to an exit status.
+func statusCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return ExitError
+}
+
+// report prints a failed command's error on one line.
+func (s *Session) report(err error) {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		fmt.Fprintf(s.err, "[%s]\n", ee.what)
+		return
+	}
+	fmt.Fprintf(s.err, "error: %s: %s\n", codeName(err), message(err))
+}
+
+func codeName(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return codes.DeadlineExceeded.String()
+	}
+	if errors.Is(err, context.Canceled) {
+		return codes.Canceled.String()
+	}
+	return codes.Unknown.String()
+}
+
+func message(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return strings.ReplaceAll(st.Message(), "\n", " ")
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
+}
+
+func invalid(format string, a ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, a...)
+}
+
+// errExit ends the session normally.
+var errExit = errors.New("exit")
+
+// execute runs one command line. Ctrl-C while it runs interrupts the
+// foreground remote command, or else cancels the command.
+func (s *Session) execute(ctx context.Context, line string) error {
+	ws, open := splitWords(line)
+	if open {
+		return invalid("unterminated quote")
+	}
+	if len(ws) == 0 || strings.HasPrefix(ws[0].text, "#") {
+		return nil
+	}
+	c, ok := s.commands[ws[0].text]
+	if !ok {
+		return invalid("unknown command %q (type help)", ws[0].text)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.cfg.Gone != nil {
+		go func() {
+			select {
+			case <-s.cfg.Gone:
+				cancel()
+			case <-cctx.Done():
+			}
+		}()
+	}
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.cancel = nil
+		s.mu.Unlock()
+	}()
+	err := c.run(cctx, s, &call{line: line, words: ws})
+	if err != nil && s.gone() {
+		return status.Error(codes.Unavailable, "the agent has exited")
+	}
+	return err
+}
+
+func (s *Session) gone() bool {
+	if s.cfg.Gone == nil {
+		return false
+	}
+	select {
+	case <-s.cfg.Gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// interrupt handles Ctrl-C (SIGINT) while a command runs.
+func (s *Session) interrupt() {
+	s.mu.Lock()
+	id, cancel := s.fg, s.cancel
+	if id != "" {
+		s.fgInts++
+	}
+	n, raw := s.fgInts, s.rawMode
+	s.mu.Unlock()
+	switch {
+	case raw:
+		// A shell session forwards the byte itself.
+	case id != "":
+		// The third Ctrl-C stops a command that ignores SIGINT.
+		sig := syscall.SIGINT
+		if n >= 3 {
+			sig = syscall.SIGKILL
+		}
+		ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		if err := s.b.Signal(ctx, id, int(sig)); err != nil {
+			fmt.Fprintf(s.err, "\nerror: signal exec %s: %s\n", id, message(err))
+		}
+	case cancel != nil:
+		cancel()
+	}
+}
+
+// setForeground makes id the exec that Ctrl-C signals ("" for none).
+func (s *Session) setForeground(id string) {
+	s.mu.Lock()
+	s.fg, s.fgInts = id, 0
+	s.mu.Unlock()
+}
+
+func (s *Session) handleSignals() (stop func()) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-sigs:
+				s.interrupt()
+			}
+		}
+	}()
+	return func() { signal.Stop(sigs); close(done) }
+}
+
+// runScript reads commands line by line and stops at the first failure.
+func (s *Session) runScript(ctx context.Context) int {
+	defer s.handleSignals()()
+	sc := bufio.NewScanner(s.cfg.In)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	n := 0
+	for sc.Scan() {
+		n++
+		err := s.execute(ctx, sc.Text())
+		if errors.Is(err, errExit) {
+			return exitCodeOf(err)
+		}
+		if err != nil {
+			s.report(err)
+			return statusCode(err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		fmt.Fprintf(s.err, "error: %s: read commands (line %d): %v\n", codes.InvalidArgument, n+1, err)
+		return ExitError
+	}
+	return 0
+}
+
+// exitRequest carries `exit N`.
+type exitRequest struct{ code int }
+
+func (e *exitRequest) Error() string { return "exit" }
+func (e *exitRequest) Is(target error) bool {
+	return target == errExit
+}
+
+func exitCodeOf(err error) int {
+	var er *exitRequest
+	if errors.As(err, &er) {
+		return er.code
+	}
+	return 0
+}
+
+// runInteractive reads commands with line editing, history and completion.
+// Errors are printed and the session goes on.
+func (s *Session) runInteractive(ctx context.Context) int {
+	hist := s.cfg.HistoryFile
+	if hist == "" {
+		hist = DefaultHistoryFile()
+	}
+	if hist == "-" {
+		hist = ""
+	}
+	if hist != "" {
+		if err := os.MkdirAll(dirOf(hist), 0o700); err != nil {
+			fmt.Fprintf(s.err, "warning: history %s: %v (history is not kept)\n", hist, err)
+			hist = ""
+		}
+	}
+	out := &lastByteWriter{w: s.out}
+	s.out = out
+	rl, err := readline.NewEx(&readline.Config{
+		Prompt:            s.cfg.Prompt,
+		HistoryFile:       hist,
+		HistoryLimit:      1000,
+		HistorySearchFold: true,
+		AutoComplete:      &completer{s: s},
+		InterruptPrompt:   "^C",
+		EOFPrompt:         "exit",
+		Stdout:            s.cfg.Out,
+		Stderr:            s.cfg.Err,
+	})
+	if err != nil {
+		fmt.Fprintf(s.err, "error: %s: terminal: %v\n", codes.Internal, err)
+		return ExitError
+	}
+	defer rl.Close()
+	defer s.handleSignals()()
+	if s.cfg.Gone != nil {
+		go func() {
+			<-s.cfg.Gone
+			rl.Close() // ends a pending Readline
+		}()
+	}
+	if s.cfg.Banner != "" {
+		fmt.Fprintln(s.out, s.cfg.Banner)
+	}
+	for {
+		if out.midLine() {
+			// The last output had no newline: keep the prompt on its own line.
+			fmt.Fprintln(s.out)
+		}
+		line, err := rl.Readline()
+		if s.gone() {
+			fmt.Fprintln(s.err, "error: Unavailable: the agent has exited")
+			return ExitError
+		}
+		if errors.Is(err, readline.ErrInterrupt) {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(s.err, "error: %s: read command: %v\n", codes.Internal, err)
+			return ExitError
+		}
+		err = s.execute(ctx, line)
+		if errors.Is(err, errExit) {
+			return exitCodeOf(err)
+		}
+		if err != nil {
+			if out.midLine() {
+				fmt.Fprintln(s.out)
+			}
+			s.report(err)
+		}
+		if s.gone() {
+			fmt.Fprintln(s.err, "error: Unavailable: the agent has exited")
+			return ExitError
+		}
+	}
+}
+
+// lastByteWriter remembers whether the last byte written ended a line.
+type lastByteWriter struct {
+	w    io.Writer
+	mu   sync.Mutex
+	last byte
+}
+
+func (l *lastByteWriter) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	if n > 0 {
+		l.mu.Lock()
+		l.last = p[n-1]
+		l.mu.Unlock()
+	}
+	return n, err
+}
+
+func (l *lastByteWriter) midLine() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.last != 0 && l.last != '\n'
+	l.last = 0
+	return m
+}
