@@ -48,8 +48,14 @@ type Config struct {
 	// Cmdline words appended to the kernel command line (sailbox.* keys,
 	// see imageinit/pid1.ParseCmdline).
 	Cmdline []string
-	// DataDisk is a raw ext4 image attached as virtio-blk (/dev/vda) and
-	// mounted at /data by imageinit.
+	// RootDisk is a bootable raw ext4 root image (rootfs's builder makes
+	// them): attached as /dev/vda, imageinit on the initramfs switches to it
+	// and execs its /sbin/init. Guest writes go to a temporary overlay
+	// (snapshot=on) unless RootWritable, so a cached image stays as built.
+	RootDisk     string
+	RootWritable bool
+	// DataDisk is a raw ext4 image attached as virtio-blk (/dev/vda, or
+	// /dev/vdb behind a root disk) and mounted at /data by imageinit.
 	DataDisk string
 	// IsolatedNet adds a virtio-net NIC on QEMU's user network with
 	// restrict=on (the guest reaches nothing outside; no host forwarding)
@@ -137,8 +143,13 @@ func (c Config) Args() []string {
 		machine += ",memory-backend=mem"
 	}
 	cmdline := append([]string{"console=ttyAMA0", "panic=-1", "init=/init"}, c.Cmdline...)
+	dataDev := "/dev/vda"
+	if c.RootDisk != "" {
+		cmdline = append(cmdline, "sailbox.root=/dev/vda")
+		dataDev = "/dev/vdb"
+	}
 	if c.DataDisk != "" {
-		cmdline = append(cmdline, "sailbox.data=/dev/vda")
+		cmdline = append(cmdline, "sailbox.data="+dataDev)
 	}
 	if c.IsolatedNet {
 		cmdline = append(cmdline, "ip="+IsolatedNetIP)
@@ -158,6 +169,14 @@ func (c Config) Args() []string {
 	if c.IsolatedNet {
 		// romfile= : no iPXE option ROM (nothing network-boots here).
 		a = append(a, "-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0,romfile=")
+	}
+	// Root before data: PCI order gives the virtio-blk names vda, vdb.
+	if c.RootDisk != "" {
+		snap := ",snapshot=on"
+		if c.RootWritable {
+			snap = ""
+		}
+		a = append(a, "-drive", "file="+c.RootDisk+",if=none,format=raw,id=root"+snap, "-device", "virtio-blk-pci,drive=root")
 	}
 	if c.DataDisk != "" {
 		a = append(a, "-drive", "file="+c.DataDisk+",if=none,format=raw,id=data", "-device", "virtio-blk-pci,drive=data")

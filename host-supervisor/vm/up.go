@@ -17,10 +17,14 @@ import (
 
 // UpOptions are what `host-supervisor vm up` takes.
 type UpOptions struct {
-	Name      string
-	Dir       string // run directory (sockets, console.log, initramfs)
-	Init      string // static arm64 imageinit
-	Agent     string // static arm64 guest-agent
+	Name  string
+	Dir   string // run directory (sockets, console.log, initramfs)
+	Init  string // static arm64 imageinit
+	Agent string // static arm64 guest-agent (not used with Image)
+	// Image is a bootable ext4 root image (rootfs.ext4, or the image
+	// directory holding it): the VM boots its /sbin/init and agent, and
+	// guest writes go to a temporary overlay.
+	Image     string
 	MemoryMiB int
 	CPUs      int
 	DataFrom  string // populate an ext4 data disk (mounted at /data) from this host dir
@@ -50,8 +54,18 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	for _, p := range []*string{&o.Init, &o.Agent} {
-		if _, err := os.Stat(*p); err != nil {
+	need := []string{o.Init, o.Agent}
+	if o.Image != "" {
+		need = need[:1]
+		if fi, err := os.Stat(o.Image); err == nil && fi.IsDir() {
+			o.Image = filepath.Join(o.Image, "rootfs.ext4")
+		}
+		if _, err := os.Stat(o.Image); err != nil {
+			return nil, fmt.Errorf("vm %s: image: %w", o.Name, err)
+		}
+	}
+	for _, p := range need {
+		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("vm %s: %w (run `make build` for bin/linux-arm64/)", o.Name, err)
 		}
 	}
@@ -71,15 +85,23 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	if o.IsolatedNet {
 		mods = append(mods, NetModules...)
 	}
-	if o.DataFrom != "" || o.DataMiB > 0 {
+	agent := o.Agent
+	if o.Image != "" {
+		cfg.RootDisk = o.Image
+		agent = "" // the image's own
 		mods = append(mods, DiskModules...)
+	}
+	if o.DataFrom != "" || o.DataMiB > 0 {
+		if o.Image == "" {
+			mods = append(mods, DiskModules...)
+		}
 		cfg.DataDisk = filepath.Join(o.Dir, "data.ext4")
 		if err := MakeDataDisk(ctx, cfg.DataDisk, o.DataMiB, o.DataFrom); err != nil {
 			return nil, err
 		}
 	}
 	cfg.Initramfs = filepath.Join(o.Dir, "initramfs.cpio")
-	if err := BuildInitramfs(cfg.Initramfs, Image{Init: o.Init, Agent: o.Agent, Busybox: bb, Kernel: k, Modules: mods, Hostname: o.Name}); err != nil {
+	if err := BuildInitramfs(cfg.Initramfs, Image{Init: o.Init, Agent: agent, Busybox: bb, Kernel: k, Modules: mods, Hostname: o.Name}); err != nil {
 		return nil, err
 	}
 	v, err := Start(ctx, cfg)
@@ -109,7 +131,8 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Name, "name", "sailbox", "VM name (also its hostname)")
 	fs.StringVar(&o.Dir, "dir", "", "run directory (default $XDG_RUNTIME_DIR or /tmp, sailbox-vm-NAME)")
 	fs.StringVar(&o.Init, "init", filepath.Join(exeDir, "linux-arm64", "imageinit"), "static arm64 imageinit")
-	fs.StringVar(&o.Agent, "agent", filepath.Join(exeDir, "linux-arm64", "guest-agent"), "static arm64 guest-agent")
+	fs.StringVar(&o.Agent, "agent", filepath.Join(exeDir, "linux-arm64", "guest-agent"), "static arm64 guest-agent (the image's own with --image)")
+	fs.StringVar(&o.Image, "image", "", "boot this ext4 root image (a rootfs.ext4 or its image directory) instead of the initramfs alone")
 	fs.IntVar(&o.MemoryMiB, "memory", 512, "guest memory in MiB")
 	fs.IntVar(&o.CPUs, "cpus", 1, "guest vCPUs")
 	fs.StringVar(&o.DataFrom, "data-from", "", "host directory copied into an ext4 data disk mounted at /data")

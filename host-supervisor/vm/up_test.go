@@ -55,19 +55,7 @@ func TestRunUp(t *testing.T) {
 		done <- RunUp(upCtx, []string{"--name", "uptest", "--dir", dir, "--init", filepath.Join(bin, "imageinit"),
 			"--agent", filepath.Join(bin, "guest-agent"), "--data-from", data, "--data-size", "32", "--isolated-net"}, &stdout, &stderr)
 	}()
-	var addr string
-	for addr == "" {
-		select {
-		case rc := <-done:
-			t.Fatalf("RunUp returned %d early\nstdout:%s\nstderr:%s", rc, stdout.String(), stderr.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		for _, l := range strings.Split(stdout.String(), "\n") {
-			if a, ok := strings.CutPrefix(l, "agent: "); ok {
-				addr = a
-			}
-		}
-	}
+	addr := waitAgentLine(t, &stdout, &stderr, done)
 	c, err := agentclient.New(addr, agentclient.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -100,5 +88,22 @@ func TestRunUp(t *testing.T) {
 	}
 	if out, err := exec.Command("debugfs", "-R", "cat /new.txt", img).Output(); err != nil || string(out) != "written-in-guest\n" {
 		t.Errorf("file written in the guest: %q %v", out, err)
+	}
+}
+
+// waitAgentLine waits for RunUp's "agent: ADDR" line.
+func waitAgentLine(t *testing.T, stdout, stderr *lockedBuf, done <-chan int) string {
+	t.Helper()
+	for {
+		select {
+		case rc := <-done:
+			t.Fatalf("RunUp returned %d early\nstdout:%s\nstderr:%s", rc, stdout.String(), stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		for _, l := range strings.Split(stdout.String(), "\n") {
+			if a, ok := strings.CutPrefix(l, "agent: "); ok {
+				return a
+			}
+		}
 	}
 }

@@ -36,6 +36,11 @@ type Config struct {
 	// DataDisk is a block device mounted at DataDir as ext4
 	// (sailbox.data=/dev/vda[:/data]).
 	DataDisk, DataDir string
+	// Root is the root disk (sailbox.root=/dev/vda): imageinit on the
+	// initramfs mounts it (RootFSType, sailbox.rootfstype=, default ext4),
+	// moves it to / and execs RootInit from it (sailbox.rootinit=, default
+	// /sbin/init), which then boots as PID 1 from the disk.
+	Root, RootFSType, RootInit string
 	// BootOnly powers off right after the boot steps (sailbox.bootonly):
 	// the bare-init boot used as a timing baseline.
 	BootOnly bool
@@ -134,6 +139,8 @@ func SplitCmdline(s string) []string {
 // are ignored: the kernel's own parameters share the line.
 func ParseCmdline(cmdline string) (Config, error) {
 	c := Config{
+		RootFSType:  "ext4",
+		RootInit:    "/sbin/init",
 		Agent:       DefaultAgent,
 		Modules:     DefaultModules,
 		ControlPort: DefaultControlPort,
@@ -166,6 +173,12 @@ func ParseCmdline(cmdline string) (Config, error) {
 				dir = "/data"
 			}
 			c.DataDisk, c.DataDir = dev, dir
+		case "sailbox.root":
+			c.Root = v
+		case "sailbox.rootfstype":
+			c.RootFSType = v
+		case "sailbox.rootinit":
+			c.RootInit = v
 		case "sailbox.bootonly":
 			c.BootOnly = v == "" || v == "1" || v == "true"
 		case "ip":

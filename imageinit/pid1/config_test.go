@@ -20,7 +20,8 @@ func TestParseCmdlineDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Agent != DefaultAgent || !reflect.DeepEqual(c.AgentArgs, []string{"--listen", DefaultListen}) ||
-		c.Modules != DefaultModules || c.ControlPort != DefaultControlPort || c.Net != nil || c.BootOnly || c.DataDisk != "" {
+		c.Modules != DefaultModules || c.ControlPort != DefaultControlPort || c.Net != nil || c.BootOnly || c.DataDisk != "" ||
+		c.Root != "" || c.RootFSType != "ext4" || c.RootInit != "/sbin/init" {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -38,6 +39,10 @@ func TestParseCmdlineKeys(t *testing.T) {
 	want := &IPConfig{Addr: netip.MustParsePrefix("10.0.0.2/24"), Gateway: netip.MustParseAddr("10.0.0.1"), Hostname: "box1", Device: "eth1"}
 	if !reflect.DeepEqual(c.Net, want) || c.Hostname != "box1" {
 		t.Fatalf("ip=: %+v hostname %q", c.Net, c.Hostname)
+	}
+	c, _ = ParseCmdline("sailbox.root=/dev/vda sailbox.rootfstype=xfs sailbox.rootinit=/init2")
+	if c.Root != "/dev/vda" || c.RootFSType != "xfs" || c.RootInit != "/init2" {
+		t.Fatalf("root keys: %+v", c)
 	}
 	c, _ = ParseCmdline("sailbox.agent=none sailbox.hostname=h ip=10.0.0.2::::x")
 	if c.Agent != "" || c.AgentArgs != nil || c.Hostname != "h" || c.Net.Device != "eth0" || c.Net.Gateway.IsValid() {

@@ -70,6 +70,12 @@ func Run(o Options, log *slog.Logger) error {
 	}
 	c.Poweroff = o.Poweroff
 	p.cfg = c
+	if c.Root != "" && onInitramfs() {
+		// Stage 1 of a root-disk boot: on success this exec's the image's
+		// own init as PID 1 and never returns.
+		err := p.switchRoot()
+		log.Error("switching to the root disk failed; staying on the initramfs", "root", c.Root, "err", err)
+	}
 	p.boot()
 	fmt.Fprintf(os.Stdout, "%s boot=%dms modules=%dms\n", ReadyMarker, time.Since(start).Milliseconds(), p.modulesTook.Milliseconds())
 	if c.BootOnly {
