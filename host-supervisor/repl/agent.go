@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Agent is a Backend that talks to a guest agent directly. Exec and Agent
-// calls go through agentclient (which redials dropped links); Listener and
-// Snapshot calls use a second connection of their own with the same rule.
+// Agent is a Backend that talks to a guest agent directly. Most calls go
+// through agentclient (which redials dropped links); Listener calls, which
+// agentclient does not have, use a second connection with the same rule.
 type Agent struct {
 	*agentclient.Client
 	addr string
@@ -50,8 +50,7 @@ func (a *Agent) Close() error {
 
 // call runs f on the side connection, redialing after a broken link (every
 // snapshot resets vsock connections) until ctx ends. Only calls that are
-// safe to repeat go through it: Wait has no side effect, Freeze while frozen
-// only re-arms the watchdog, Thaw when thawed is harmless.
+// safe to repeat go through it (Listener.Wait has no side effect).
 func (a *Agent) call(ctx context.Context, f func(*ttrpc.Client) error) error {
 	backoff := 20 * time.Millisecond
 	for {
@@ -96,33 +95,6 @@ func (a *Agent) WaitListener(ctx context.Context, req *agentv1.WaitListenerReque
 		// After a redial, wait only for the time that is left.
 		r := &agentv1.WaitListenerRequest{Port: req.Port, Protocol: req.Protocol, TimeoutMs: max(time.Until(deadline).Milliseconds(), 1)}
 		resp, err = agentv1.NewListenerClient(tc).Wait(ctx, r)
-		return err
-	})
-	return resp, err
-}
-
-// Freeze quiesces the guest for a snapshot.
-func (a *Agent) Freeze(ctx context.Context, req *agentv1.FreezeRequest) (resp *agentv1.FreezeResponse, err error) {
-	err = a.call(ctx, func(tc *ttrpc.Client) error {
-		resp, err = agentv1.NewSnapshotClient(tc).Freeze(ctx, req)
-		return err
-	})
-	return resp, err
-}
-
-// Thaw undoes Freeze.
-func (a *Agent) Thaw(ctx context.Context) (resp *agentv1.ThawResponse, err error) {
-	err = a.call(ctx, func(tc *ttrpc.Client) error {
-		resp, err = agentv1.NewSnapshotClient(tc).Thaw(ctx, &agentv1.ThawRequest{})
-		return err
-	})
-	return resp, err
-}
-
-// FreezeStatus reports whether the guest is frozen.
-func (a *Agent) FreezeStatus(ctx context.Context) (resp *agentv1.FreezeStatusResponse, err error) {
-	err = a.call(ctx, func(tc *ttrpc.Client) error {
-		resp, err = agentv1.NewSnapshotClient(tc).FreezeStatus(ctx, &agentv1.FreezeStatusRequest{})
 		return err
 	})
 	return resp, err

@@ -31,8 +31,13 @@ type Backend interface {
 
 	// Snapshot service.
 	Freeze(ctx context.Context, req *agentv1.FreezeRequest) (*agentv1.FreezeResponse, error)
-	Thaw(ctx context.Context) (*agentv1.ThawResponse, error)
-	FreezeStatus(ctx context.Context) (*agentv1.FreezeStatusResponse, error)
+	Thaw(ctx context.Context, req *agentv1.ThawRequest) (*agentv1.ThawResponse, error)
+	FreezeStatus(ctx context.Context, req *agentv1.FreezeStatusRequest) (*agentv1.FreezeStatusResponse, error)
+
+	// Files service.
+	WriteFile(ctx context.Context, path string, r io.Reader, o agentclient.WriteOptions) (*agentv1.FileInfo, error)
+	ReadFile(ctx context.Context, path string, w io.Writer, o agentclient.ReadOptions) (*agentv1.FileInfo, uint64, error)
+	StatFile(ctx context.Context, path string) (*agentv1.FileInfo, error)
 
 	Close() error
 }

@@ -78,6 +78,7 @@ func commandTable() map[string]*command {
 		{name: "info", summary: "the agent's version, uptime, boot id and frozen state", example: "info", run: cmdInfo},
 		{name: "exit", usage: "[STATUS]", summary: "leave (also Ctrl-D)", example: "exit", run: cmdExit},
 	}
+	cs = append(cs, filesCommands()...)
 	m := make(map[string]*command, len(cs))
 	for _, c := range cs {
 		m[c.name] = c
@@ -425,7 +426,7 @@ func cmdThaw(ctx context.Context, s *Session, c *call) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	resp, err := s.b.Thaw(ctx)
+	resp, err := s.b.Thaw(ctx, &agentv1.ThawRequest{})
 	if err != nil {
 		return err
 	}
@@ -466,7 +467,7 @@ func cmdInfo(ctx context.Context, s *Session, c *call) error {
 	fmt.Fprintf(tw, "arch\t%s\n", in.Arch)
 	fmt.Fprintf(tw, "agent pid\t%d\n", in.Pid)
 	fmt.Fprintf(tw, "execs\t%d\n", in.Execs)
-	fs, err := s.b.FreezeStatus(ctx)
+	fs, err := s.b.FreezeStatus(ctx, &agentv1.FreezeStatusRequest{})
 	switch {
 	case status.Code(err) == codes.Unimplemented:
 		fmt.Fprintf(tw, "frozen\tunknown (the agent has no Snapshot service)\n")

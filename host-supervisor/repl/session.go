@@ -56,6 +56,7 @@ type Session struct {
 	fgInts  int                // Ctrl-Cs sent to it
 	cancel  context.CancelFunc // cancels the running command (when no fg exec)
 	rawMode bool               // a shell session owns the terminal
+	intr    bool               // Ctrl-C was pressed during the current command
 }
 
 // Run runs a session until exit, end of input or (not interactive) the
@@ -160,16 +161,18 @@ func (s *Session) execute(ctx context.Context, line string) error {
 		}()
 	}
 	s.mu.Lock()
-	s.cancel = cancel
+	s.cancel, s.intr = cancel, false
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.cancel = nil
-		s.mu.Unlock()
-	}()
 	err := c.run(cctx, s, &call{line: line, words: ws})
-	if err != nil && s.gone() {
+	s.mu.Lock()
+	s.cancel = nil
+	intr := s.intr
+	s.mu.Unlock()
+	switch {
+	case err != nil && s.gone():
 		return status.Error(codes.Unavailable, "the agent has exited")
+	case intr && codeName(err) == codes.Canceled.String():
+		return status.Error(codes.Canceled, "interrupted")
 	}
 	return err
 }
@@ -194,6 +197,9 @@ func (s *Session) interrupt() {
 		s.fgInts++
 	}
 	n, raw := s.fgInts, s.rawMode
+	if !raw {
+		s.intr = true
+	}
 	s.mu.Unlock()
 	switch {
 	case raw:
@@ -323,10 +329,6 @@ func (s *Session) runInteractive(ctx context.Context) int {
 		fmt.Fprintln(s.out, s.cfg.Banner)
 	}
 	for {
-		if out.midLine() {
-			// The last output had no newline: keep the prompt on its own line.
-			fmt.Fprintln(s.out)
-		}
 		line, err := rl.Readline()
 		if s.gone() {
 			fmt.Fprintln(s.err, "error: Unavailable: the agent has exited")
@@ -346,10 +348,14 @@ func (s *Session) runInteractive(ctx context.Context) int {
 		if errors.Is(err, errExit) {
 			return exitCodeOf(err)
 		}
+		s.mu.Lock()
+		intr := s.intr
+		s.mu.Unlock()
+		if out.midLine() || intr {
+			// The terminal echoed ^C without a newline.
+			fmt.Fprintln(s.out)
+		}
 		if err != nil {
-			if out.midLine() {
-				fmt.Fprintln(s.out)
-			}
 			s.report(err)
 		}
 		if s.gone() {
