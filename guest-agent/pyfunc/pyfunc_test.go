@@ -6,12 +6,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/sailbox/sailbox/guest-agent/reaper"
 	"github.com/sailbox/sailbox/internal/testcap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -41,20 +40,33 @@ def big(n):
     return b"x" * n
 `
 
-var (
-	rpOnce sync.Once
-	rp     *reaper.Reaper
-)
+// pidStarter waits for exactly the child it started. The agent's global
+// reaper would also reap the children os/exec starts in these tests.
+type pidStarter struct{}
+
+func (pidStarter) Start(start func() (int, error)) (int, <-chan unix.WaitStatus, error) {
+	pid, err := start()
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	go func() {
+		var ws unix.WaitStatus
+		for {
+			if _, err := unix.Wait4(pid, &ws, 0, nil); err != unix.EINTR {
+				break
+			}
+		}
+		ch <- ws
+	}()
+	return pid, ch, nil
+}
+
+var rp pidStarter
 
 func testRunner(t *testing.T) (*Runner, string) {
 	t.Helper()
 	testcap.Command(t, "python3")
-	rpOnce.Do(func() {
-		var err error
-		if rp, err = reaper.New(nil); err != nil {
-			t.Fatal(err)
-		}
-	})
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "sbfuncs.py"), []byte(testModule), 0o644); err != nil {
 		t.Fatal(err)
