@@ -28,24 +28,66 @@ type Execer interface {
 
 var _ Execer = (*agentclient.Client)(nil)
 
-// target holds the flags that say which sandbox a command acts on.
+// target holds the flags that say which sandbox a command acts on: an
+// agent directly (--agent), or a sandbox of the durable daemon
+// (--supervisor and --sandbox).
 type target struct {
-	agent string
+	agent      string
+	supervisor string
+	sandbox    string
 }
 
 func (t *target) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.agent, "agent", os.Getenv("SAILBOX_AGENT"), "agent address: unix:///path, vsock://CID:PORT or hvsock:///path:PORT (env SAILBOX_AGENT)")
+	fs.StringVar(&t.supervisor, "supervisor", os.Getenv("SAILBOX_SUPERVISOR"), "supervisor control API, unix:///path (env SAILBOX_SUPERVISOR); with --sandbox")
+	fs.StringVar(&t.sandbox, "sandbox", os.Getenv("SAILBOX_SANDBOX"), "sandbox id registered with the supervisor (env SAILBOX_SANDBOX)")
 }
 
-// agentClient returns a direct client to the agent named by --agent.
+// viaSupervisor reports whether the target is a supervisor's sandbox. An
+// explicit --agent wins over a supervisor taken from the environment.
+func (t *target) viaSupervisor() bool {
+	return t.supervisor != "" && (t.agent == "" || t.sandbox != "")
+}
+
+// agentClient returns a direct client to the agent named by --agent, or to
+// the agent of the supervisor's sandbox (commands the daemon does not
+// proxy yet talk to the agent at the address it has registered).
 func (t *target) agentClient() (*agentclient.Client, error) {
+	if t.agent == "" && t.supervisor != "" {
+		if t.sandbox == "" {
+			return nil, invalid("--supervisor needs --sandbox ID")
+		}
+		sc, err := newSupervisorClient(t.supervisor)
+		if err != nil {
+			return nil, err
+		}
+		defer sc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), supervisorReconnect)
+		defer cancel()
+		addr, err := sc.agentAddr(ctx, t.sandbox)
+		if err != nil {
+			return nil, err
+		}
+		return agentclient.New(addr, agentclient.Options{})
+	}
 	if t.agent == "" {
-		return nil, invalid("no target: give --agent ADDR")
+		return nil, invalid("no target: give --agent ADDR (or --supervisor S --sandbox ID)")
 	}
 	return agentclient.New(t.agent, agentclient.Options{})
 }
 
-// execer returns the backend that runs execs for this target.
+// execer returns the backend that runs execs for this target: the daemon
+// (durable records) or the agent directly.
 func (t *target) execer() (Execer, error) {
+	if t.viaSupervisor() {
+		if t.sandbox == "" {
+			return nil, invalid("--supervisor needs --sandbox ID")
+		}
+		sc, err := newSupervisorClient(t.supervisor)
+		if err != nil {
+			return nil, err
+		}
+		return &supervisorExecer{c: sc, sandbox: t.sandbox}, nil
+	}
 	return t.agentClient()
 }
