@@ -34,7 +34,9 @@ type Backend struct {
 	stats  Stats
 	mu     sync.Mutex
 	closed bool
-	dev    *device // the current session's, for tests
+	dev    *device  // the current session's device, nil between sessions
+	hs     sync.Map // hybrid conns still sending their CONNECT line
+	wg     sync.WaitGroup
 }
 
 // numConns is how many connections the current session tracks.
@@ -79,7 +81,19 @@ func New(cfg Config) (*Backend, error) {
 		vln.Close()
 		return nil, err
 	}
-	return &Backend{cfg: cfg, log: log, vln: vln, hln: hln}, nil
+	b := &Backend{cfg: cfg, log: log, vln: vln, hln: hln}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.acceptHybrid()
+	}()
+	return b, nil
+}
+
+func (b *Backend) currentDevice() *device {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dev
 }
 
 func listenUnix(path string) (*net.UnixListener, error) {
@@ -123,53 +137,51 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.dev = dev
 	b.mu.Unlock()
 
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		b.acceptHybrid(sctx, dev)
-	}()
 	err = vhostuser.Serve(sctx, conn, dev, b.log)
 	if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("vsock backend: %w", cause)
 	}
 	cancel(nil)
-	wg.Wait()
+	b.mu.Lock()
+	b.dev = nil
+	b.mu.Unlock()
 	dev.shutdown()
 	b.log.Info("vhost-user front end gone", "err", err)
 	return err
 }
 
-// acceptHybrid accepts host clients until ctx ends.
-func (b *Backend) acceptHybrid(ctx context.Context, dev *device) {
-	stop := context.AfterFunc(ctx, func() { b.hln.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
-		stop()
-		b.hln.SetDeadline(time.Time{})
-	}()
-	var hs sync.Map // handshaking conns, closed when the session ends
-	defer hs.Range(func(k, _ any) bool { k.(*net.UnixConn).Close(); return true })
+// acceptHybrid accepts host clients until Close. A client that arrives
+// while no guest driver is up is closed without a reply, which the hybrid
+// dialer takes as "not listening yet" and retries.
+func (b *Backend) acceptHybrid() {
 	for {
 		c, err := b.hln.AcceptUnix()
 		if err != nil {
-			if ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			b.log.Warn("hybrid vsock accept", "socket", b.cfg.HybridSocket, "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		hs.Store(c, nil)
-		dev.wg.Add(1)
+		b.hs.Store(c, nil)
+		b.wg.Add(1)
 		go func() {
-			defer dev.wg.Done()
 			port, r, err := readConnect(c)
-			hs.Delete(c)
-			if err != nil || ctx.Err() != nil {
+			b.hs.Delete(c)
+			var dev *device
+			if err != nil {
 				b.log.Debug("hybrid vsock handshake", "err", err)
+			} else if dev = b.currentDevice(); dev != nil && !dev.enter() {
+				dev = nil
+			}
+			// From here the session, not the Backend, owns the goroutine.
+			b.wg.Done()
+			if dev == nil {
 				c.Close()
 				return
 			}
+			defer dev.wg.Done()
 			dev.hostConnect(c, r, port)
 		}()
 	}
@@ -214,6 +226,10 @@ func (b *Backend) Close() error {
 	b.closed = true
 	err1 := b.vln.Close()
 	err2 := b.hln.Close()
+	b.hs.Range(func(k, _ any) bool { k.(*net.UnixConn).Close(); return true })
+	b.mu.Unlock()
+	b.wg.Wait()
+	b.mu.Lock()
 	os.Remove(b.cfg.VhostUserSocket)
 	os.Remove(b.cfg.HybridSocket)
 	return errors.Join(err1, err2)

@@ -453,3 +453,36 @@ func TestFrontEndDisconnect(t *testing.T) {
 		t.Fatalf("host connection after front-end disconnect: %v, want EOF", err)
 	}
 }
+
+// Between front ends a hybrid client is turned away at once, and Serve
+// serves the next front end (a restarted QEMU).
+func TestSessionsInSequence(t *testing.T) {
+	e := startBackend(t)
+	// No front end yet: closed without a reply, promptly.
+	start := time.Now()
+	if _, err := e.hostDial(10000); err == nil {
+		t.Fatal("hybrid dial succeeded with no guest")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("turning a client away took %v", d)
+	}
+	for round := range 2 {
+		g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+		serveEcho(g.Listen(10000))
+		c := e.hostDialRetry(t, 10000)
+		io.WriteString(c, "again")
+		buf := make([]byte, 5)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		c.Close()
+		g.Close()
+		if err := <-e.serveC; err != nil {
+			t.Fatalf("round %d: Serve: %v", round, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		go func() { e.serveC <- e.b.Serve(ctx) }()
+	}
+}

@@ -181,6 +181,18 @@ func (d *device) Kick(q *vhostuser.Queue) {
 	}
 }
 
+// enter registers a goroutine that will use the device; it fails once the
+// session is over.
+func (d *device) enter() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.wg.Add(1)
+	return true
+}
+
 // running reports whether both queues run, i.e. the guest driver is up.
 func (d *device) running() bool { return d.rxq != nil && d.txq != nil && !d.closed }
 
