@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -530,4 +531,174 @@ func vmHWM(t testing.TB, pid int) int64 {
 	}
 	t.Fatal("no VmHWM in /proc/pid/status")
 	return 0
+}
+
+// benchSize is the transfer size of the file benchmarks.
+const benchSize = 256 << 20
+
+// repeatReader yields n bytes of a fixed random 1 MiB block, so the
+// benchmarks measure the transfer, not the host's disk or RNG.
+type repeatReader struct {
+	block []byte
+	left  int64
+	off   int
+}
+
+func newRepeatReader(n int64) *repeatReader {
+	b := make([]byte, 1<<20)
+	randReader{rand.NewChaCha8([32]byte{7})}.Read(b)
+	return &repeatReader{block: b, left: n}
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(int64(len(p)), r.left)], r.block[r.off:])
+	r.off = (r.off + n) % len(r.block)
+	r.left -= int64(n)
+	return n, nil
+}
+
+// rawServer is the baseline: a plain unix-socket server doing the same
+// file work as the agent (write: temp file, fsync, rename; read: copy the
+// file to the socket) with no protocol at all.
+func rawServer(b *testing.B, dir string) string {
+	sock := filepath.Join(b.TempDir(), "raw.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				var op [1]byte
+				if _, err := io.ReadFull(c, op[:]); err != nil {
+					return
+				}
+				dst := filepath.Join(dir, "raw")
+				if op[0] == 'r' {
+					f, err := os.Open(dst)
+					if err != nil {
+						return
+					}
+					io.Copy(c, f)
+					f.Close()
+					return
+				}
+				f, err := os.CreateTemp(dir, ".raw-tmp-")
+				if err != nil {
+					return
+				}
+				io.Copy(f, c)
+				f.Sync()
+				f.Close()
+				os.Rename(f.Name(), dst)
+				c.Write([]byte{'k'})
+			}(c)
+		}
+	}()
+	return sock
+}
+
+func rawWrite(b *testing.B, sock string, src io.Reader) {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{'w'})
+	if _, err := io.Copy(c, src); err != nil {
+		b.Fatal(err)
+	}
+	c.(*net.UnixConn).CloseWrite()
+	var ok [1]byte
+	if _, err := io.ReadFull(c, ok[:]); err != nil {
+		b.Fatal("raw write not confirmed:", err)
+	}
+}
+
+func rawRead(b *testing.B, sock string) int64 {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{'r'})
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+func reportRates(b *testing.B, agent, raw time.Duration) {
+	mb := float64(benchSize) * float64(b.N) / 1e6
+	b.ReportMetric(mb/agent.Seconds(), "agent-MB/s")
+	b.ReportMetric(mb/raw.Seconds(), "raw-MB/s")
+	b.ReportMetric(raw.Seconds()/agent.Seconds(), "agent/raw")
+	b.ReportMetric(0, "ns/op") // the op is two transfers: the metrics above say more
+}
+
+// BenchmarkFileWrite256MiB writes 256 MiB through the agent (streamed,
+// acknowledged chunks, temp file, fsync, rename) and through a raw unix
+// socket doing the same file work, in the same run.
+func BenchmarkFileWrite256MiB(b *testing.B) {
+	a := agenttest.Start(b)
+	cl := a.Client(b)
+	dir := b.TempDir()
+	sock := rawServer(b, dir)
+	ctx := context.Background()
+	var agent, raw time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := cl.WriteFile(ctx, filepath.Join(dir, "agent"), newRepeatReader(benchSize), agentclient.WriteOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		rawWrite(b, sock, newRepeatReader(benchSize))
+		raw += time.Since(t1)
+		agent += t1.Sub(t0)
+	}
+	reportRates(b, agent, raw)
+}
+
+// BenchmarkFileRead256MiB reads a 256 MiB file through the agent and
+// through a raw unix socket (sendfile), in the same run.
+func BenchmarkFileRead256MiB(b *testing.B) {
+	a := agenttest.Start(b)
+	cl := a.Client(b)
+	dir := b.TempDir()
+	sock := rawServer(b, dir)
+	for _, name := range []string{"agent", "raw"} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(f, newRepeatReader(benchSize))
+		f.Close()
+	}
+	ctx := context.Background()
+	var agent, raw time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, n, err := cl.ReadFile(ctx, filepath.Join(dir, "agent"), io.Discard, agentclient.ReadOptions{}); err != nil || n != benchSize {
+			b.Fatal(n, err)
+		}
+		t1 := time.Now()
+		if n := rawRead(b, sock); n != benchSize {
+			b.Fatal("raw read", n)
+		}
+		raw += time.Since(t1)
+		agent += t1.Sub(t0)
+	}
+	reportRates(b, agent, raw)
 }
