@@ -35,6 +35,9 @@ const (
 	// connectTimeout bounds how long a host→guest connect waits for the
 	// guest's RESPONSE, and a guest→host dial of the host listener.
 	connectTimeout = 5 * time.Second
+	// maxTxBatch bounds the tx chains handled under the lock per kick, so a
+	// guest that keeps the ring full cannot hold the device forever.
+	maxTxBatch = 1024
 	// firstHostPort is where host-side ports of host→guest connections
 	// start, as in Firecracker.
 	firstHostPort = 1 << 30
@@ -47,6 +50,10 @@ const (
 	ctlShutdown
 	ctlCreditUpdate
 )
+
+// maxConns bounds the connections of one guest; a REQUEST or CONNECT
+// beyond it is refused. A variable so that tests can lower it.
+var maxConns = 4096
 
 type connKey struct{ hostPort, guestPort uint32 }
 
@@ -209,7 +216,12 @@ func (d *device) processTx() {
 	if q == nil {
 		return
 	}
-	for d.txq == q {
+	for handled := 0; d.txq == q; handled++ {
+		if handled == maxTxBatch {
+			// Let the others in; finish in a fresh Kick.
+			go d.Kick(q)
+			break
+		}
 		err := q.Pop(&d.txChain)
 		if err == vhostuser.ErrEmpty {
 			break
@@ -259,6 +271,11 @@ func (d *device) handleTx(c *vhostuser.Chain) {
 	if vc == nil {
 		switch h.Op {
 		case OpRequest:
+			if len(d.conns) >= maxConns {
+				d.log.Warn("vsock: too many connections, refusing a guest connect", "port", h.DstPort, "max", maxConns)
+				d.queueRST(key)
+				return
+			}
 			d.guestConnect(h)
 		case OpRST:
 		default:
@@ -364,7 +381,7 @@ func (d *device) newConn(key connKey, st connState) *vconn {
 // asked for guest port port. It returns when the connection ends.
 func (d *device) hostConnect(uc *net.UnixConn, r io.Reader, port uint32) {
 	d.mu.Lock()
-	if !d.running() {
+	if !d.running() || len(d.conns) >= maxConns {
 		d.mu.Unlock()
 		uc.Close() // no reply: the client retries, as when nothing listens
 		return

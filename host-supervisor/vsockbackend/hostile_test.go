@@ -269,3 +269,54 @@ func TestBrokenRingEndsSession(t *testing.T) {
 		})
 	}
 }
+
+// A guest that opens connections without end is refused beyond maxConns,
+// and the host side too; closing some makes room again.
+func TestConnectionLimit(t *testing.T) {
+	old := maxConns
+	maxConns = 8
+	defer func() { maxConns = old }()
+	e := startBackend(t)
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	ln, err := net.Listen("unix", e.cfg.HybridSocket+"_6000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var hostSide []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hostSide = append(hostSide, c)
+		}
+	}()
+	var conns []*gconn
+	for i := range 8 {
+		c, err := g.Dial(6000)
+		if err != nil {
+			t.Fatalf("connection %d within the limit: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	if _, err := g.Dial(6000); err == nil {
+		t.Fatal("guest connection beyond the limit accepted")
+	}
+	g.Listen(10000)
+	if _, err := e.hostDial(10000); err == nil {
+		t.Fatal("host connection beyond the limit accepted")
+	}
+	conns[0].Reset()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := g.Dial(6000); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no room after closing a connection")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
