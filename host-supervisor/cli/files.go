@@ -225,6 +225,9 @@ func startProgress(stdio Stdio, what string, total int64) *progress {
 		if !shown && n < progressMin && total < progressMin {
 			return
 		}
+		if !shown && final && n < progressMin {
+			return // a large transfer that failed early: nothing worth a line
+		}
 		shown = true
 		rate := float64(n) / time.Since(began).Seconds() / 1e6
 		line := fmt.Sprintf("%s: %.1f MiB", what, float64(n)/(1<<20))
@@ -246,9 +249,7 @@ func startProgress(stdio Stdio, what string, total int64) *progress {
 			case <-tick.C:
 				show(false)
 			case <-p.stopc:
-				if shown {
-					show(true)
-				}
+				show(true) // prints only for a large transfer
 				return
 			}
 		}
