@@ -17,8 +17,8 @@ const FileChunkSize = 1 << 20
 
 // Files serves agentv1.Files over package files.
 type Files struct {
-	// Writable, when set, is asked before a write starts and again before it
-	// commits; the agent passes the freezer's CheckWritable, so a write to a
+	// Writable, when set, is asked before a write starts, before each chunk
+	// and before the commit; the agent passes the freezer's CheckWritable, so a write to a
 	// frozen filesystem fails with FailedPrecondition instead of blocking.
 	Writable func(path string) error
 }
@@ -66,6 +66,10 @@ func (s *Files) Write(ctx context.Context, srv agentv1.Files_WriteServer) error 
 			return status.Errorf(codes.InvalidArgument, "write %s: chunk of %d bytes is over %d", path, len(m.Data), FileChunkSize)
 		}
 		if len(m.Data) > 0 {
+			// A freeze that began mid-transfer would block this write until the thaw.
+			if err := s.writable(w.Path()); err != nil {
+				return err
+			}
 			if _, err := w.Write(m.Data); err != nil {
 				return err
 			}

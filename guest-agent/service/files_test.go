@@ -44,7 +44,7 @@ func serveFiles(t *testing.T, svc *service.Files) agentv1.FilesClient {
 }
 
 // The agent acknowledges each chunk after writing it, and asks Writable
-// before starting and again before committing: a freeze that begins
+// before starting, before each chunk and before committing: a freeze that begins
 // mid-transfer refuses the commit and leaves the old file.
 func TestWriteAcksEveryChunkAndChecksWritableAtCommit(t *testing.T) {
 	var frozen atomic.Bool
@@ -78,7 +78,7 @@ func TestWriteAcksEveryChunkAndChecksWritableAtCommit(t *testing.T) {
 	st.Send(&agentv1.WriteFileRequest{Commit: true})
 	st.CloseSend()
 	_, err = st.Recv()
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "frozen") || checks.Load() != 2 {
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "frozen") || checks.Load() != 5 {
 		t.Fatalf("commit while frozen: %v (%d checks)", err, checks.Load())
 	}
 	if b, _ := os.ReadFile(f); string(b) != "old" {
