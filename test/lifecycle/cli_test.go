@@ -1,0 +1,95 @@
+package lifecycletest
+
+import (
+	"bytes"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sailbox/sailbox/internal/agenttest"
+	"github.com/sailbox/sailbox/internal/testcap"
+)
+
+// emptyQEMU runs an arm64 machine without a kernel (the vCPU spins on
+// zeros): a real QMP monitor for the CLI's VMM verbs.
+func emptyQEMU(t *testing.T) string {
+	t.Helper()
+	bin := testcap.Command(t, "qemu-system-aarch64")
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	cmd := exec.Command(bin, "-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg", "-m", "64",
+		"-nodefaults", "-display", "none", "-qmp", "unix:"+sock+",server=on,wait=off")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return sock
+}
+
+type cliResult struct {
+	out, err string
+	code     int
+}
+
+func cli(t *testing.T, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(agenttest.Supervisor(t), args...)
+	cmd.Env = agenttest.Env()
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return cliResult{o.String(), e.String(), code}
+}
+
+func (r cliResult) want(t *testing.T, code int, outHas ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", r.code, code, r.out, r.err)
+	}
+	for _, s := range outHas {
+		if !strings.Contains(r.out+r.err, s) {
+			t.Fatalf("output lacks %q\nstdout: %s\nstderr: %s", s, r.out, r.err)
+		}
+	}
+}
+
+// The lifecycle verbs against a real agent and a real QEMU monitor.
+func TestCLILifecycleVerbs(t *testing.T) {
+	a := startAgent(t)
+	qmp := emptyQEMU(t)
+
+	cli(t, "freeze", "--agent", a.addr, "--watchdog", "30s").want(t, 0, "frozen: (none)", "watchdog thaws at")
+	cli(t, "freeze", "--agent", a.addr).want(t, 0, "already frozen")
+	cli(t, "thaw", "--agent", a.addr).want(t, 0, "thawed:")
+	cli(t, "thaw", "--agent", a.addr).want(t, 0, "was not frozen")
+
+	a.ev.reset()
+	cli(t, "checkpoint", "--agent", a.addr, "--qmp", qmp, "--generation", "4").want(t, 0,
+		"checkpoint generation 5", "no snapshot file: the VMM cannot snapshot")
+	if got := a.ev.list(); strings.Join(got, " ") != "agent-freeze agent-thaw" {
+		t.Fatalf("agent hooks during the checkpoint: %q", got)
+	}
+
+	cli(t, "pause", "--qmp", qmp).want(t, 0, "pause: done")
+	cli(t, "resume", "--qmp", qmp, "--agent", a.addr, "--generation", "5").want(t, 0, "vm resumed", "guest: generation 5 (was 0)", "crng reseeded true")
+	// An older generation is refused by the guest.
+	cli(t, "resume", "--agent", a.addr, "--generation", "3").want(t, 125, "error: FailedPrecondition: ", "older than the applied generation 5")
+
+	// QEMU with vhost-user-vsock cannot snapshot: restore and fork say so.
+	cli(t, "restore", "--agent", a.addr, "--qmp", qmp, "--path", "/nonexistent/snap").want(t, 125,
+		"error: Unimplemented: vmm qemu", "vhost-user-vsock")
+	cli(t, "fork", "--agent", a.addr, "--qmp", qmp, "--path", "/nonexistent/snap", "--hostname", "f1").want(t, 125,
+		"error: Unimplemented: vmm qemu")
+	cli(t, "sleep", "--qmp", qmp).want(t, 125, "error: FailedPrecondition: sleep")
+	cli(t, "checkpoint", "--agent", a.addr).want(t, 125, "error: InvalidArgument: no VMM")
+	cli(t, "restore", "--agent", a.addr, "--qmp", qmp).want(t, 125, "error: InvalidArgument: restore: give --path")
+	cli(t, "pause", "--qmp", filepath.Join(t.TempDir(), "none.sock"), "--timeout", "1s").want(t, 125, "error: Unavailable: vmm qemu")
+}
