@@ -200,9 +200,11 @@ func (d *Daemon) startOnAgent(ctx context.Context, sb *sandbox.Sandbox, rec *exe
 		if errors.As(err, &notSent) {
 			return nil, status.Errorf(codes.Unavailable, "sandbox %s: exec %s not started: %v", sb.ID, rec.Id, status.Convert(err).Message())
 		}
-		if !agentclient.IsConnectionError(err) && ctx.Err() == nil {
+		if !agentclient.IsConnectionError(err) && ctx.Err() == nil && status.Code(err) != codes.ResourceExhausted {
 			return nil, err // the agent refused it
 		}
+		// An unreadable reply (over the size cap) says nothing about
+		// whether the agent started it.
 		if ctx.Err() != nil || !known {
 			return nil, errAmbiguous
 		}
