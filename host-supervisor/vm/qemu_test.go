@@ -149,3 +149,20 @@ func TestCleanPoweroffOverVsock(t *testing.T) {
 		t.Errorf("console:\n%s", console.String())
 	}
 }
+
+// TestStartFailsClearly: a QEMU that cannot start (no such kernel) fails
+// Start with QEMU's own message and leaves no process.
+func TestStartFailsClearly(t *testing.T) {
+	testcap.Command(t, "qemu-system-aarch64")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	_, err := Start(ctx, Config{Name: "broken", Dir: dir, Kernel: Kernel{Image: filepath.Join(dir, "no-such-Image")},
+		Initramfs: filepath.Join(dir, "no-such-initrd"), NewVsock: DefaultVsock})
+	if err == nil || !strings.Contains(err.Error(), "no-such-") {
+		t.Fatalf("want an error naming the missing file, got %v", err)
+	}
+	if _, serr := os.Stat(filepath.Join(dir, "vm.vsock")); serr == nil {
+		t.Errorf("hybrid socket left behind after a failed start")
+	}
+}
