@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -247,6 +248,21 @@ func TestInterruptedWriteKeepsOldFile(t *testing.T) {
 	if b, _ := os.ReadFile(f); string(b) != "old content" || tempSize(dir) >= 0 {
 		t.Fatalf("after uncommitted stream: %q, temp %d", b, tempSize(dir))
 	}
+	// The client's own source fails mid-way: the write is abandoned.
+	cl := a.Client(t)
+	_, err = cl.WriteFile(context.Background(), f, io.MultiReader(bytes.NewReader(make([]byte, 3<<20)), errReader{}), agentclient.WriteOptions{})
+	if status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "reading the data: disk on fire") {
+		t.Fatalf("failing source: %v", err)
+	}
+	for tempSize(dir) >= 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("temp file still there after the source failed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(f); string(b) != "old content" {
+		t.Fatalf("old file changed: %q", b)
+	}
 	// Misuse of the protocol: no header, oversized chunk.
 	for _, msgs := range [][]*agentv1.WriteFileRequest{
 		{{Data: []byte("no header")}},
@@ -269,6 +285,10 @@ func TestInterruptedWriteKeepsOldFile(t *testing.T) {
 	}
 	noTempFiles(t, dir)
 }
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
 
 // tempSize is the size of the agent's temp file in dir, or -1 when there is none.
 func tempSize(dir string) int64 {
