@@ -2,7 +2,6 @@ package vm
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sailbox/sailbox/host-supervisor/repl"
+	"golang.org/x/sys/unix"
 )
 
 // UpOptions are what `host-supervisor vm up` takes.
@@ -115,10 +117,16 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	return v, nil
 }
 
-// RunUp is `host-supervisor vm up [flags]`: boot a VM, print the agent's
-// address, keep it up until SIGINT/SIGTERM (or ctx ends), then power it off
-// cleanly. It returns the process exit status.
+// RunUp is `host-supervisor vm up [flags]`: boot a VM and open the REPL on
+// its agent when stdin is a terminal (or --repl); otherwise print the
+// agent's address and keep the VM up until SIGINT/SIGTERM (or ctx ends).
+// Either way the VM is then powered off cleanly. It returns the exit status.
 func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return RunUpIO(ctx, args, os.Stdin, stdout, stderr)
+}
+
+// RunUpIO is RunUp with an explicit stdin for the REPL.
+func RunUpIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vm up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	exeDir := "."
@@ -139,7 +147,8 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.DataMiB, "data-size", 0, "data disk size in MiB (0: no disk unless --data-from; then 64)")
 	fs.BoolVar(&o.IsolatedNet, "isolated-net", false, "give the guest eth0 (10.0.2.15/24) on QEMU's user network with restrict=on")
 	fs.StringVar(&appendArgs, "append", "", "extra kernel command line")
-	fs.BoolVar(&quiet, "quiet", false, "do not copy the guest console to stderr")
+	fs.BoolVar(&quiet, "quiet", false, "do not copy the guest console to stderr (always off with the REPL)")
+	replMode := fs.String("repl", "auto", "open the REPL on the agent: auto (when stdin is a terminal), true or false")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -148,7 +157,8 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	o.Append = strings.Fields(appendArgs)
-	if !quiet {
+	useREPL := *replMode == "true" || (*replMode == "auto" && isTerminal(stdin))
+	if !quiet && !useREPL {
 		o.Console = stderr
 	}
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -160,13 +170,20 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "error:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "vm %s up in %v\nagent: %s\nconsole: %s\ntry: host-supervisor exec --agent %s -- uname -a\n",
-		o.Name, time.Since(start).Round(time.Millisecond), v.AgentAddr(), filepath.Join(v.cfg.Dir, "console.log"), v.AgentAddr())
-	select {
-	case <-ctx.Done():
-	case <-v.Done():
-		fmt.Fprintf(stderr, "vm %s: QEMU exited: %v\n", o.Name, v.exitErr)
-		return 1
+	info := fmt.Sprintf("vm %s up in %v\nagent: %s\nconsole: %s\n", o.Name, time.Since(start).Round(time.Millisecond),
+		v.AgentAddr(), filepath.Join(v.cfg.Dir, "console.log"))
+	rc := 0
+	if useREPL {
+		fmt.Fprint(stderr, info)
+		rc = runREPL(ctx, v, stdin, stdout, stderr)
+	} else {
+		fmt.Fprintf(stdout, "%stry: host-supervisor exec --agent %s -- uname -a\n", info, v.AgentAddr())
+		select {
+		case <-ctx.Done():
+		case <-v.Done():
+			fmt.Fprintf(stderr, "vm %s: QEMU exited: %v\n", o.Name, v.exitErr)
+			return 1
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -175,8 +192,29 @@ func RunUp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vm %s: no clean power-off (%v); QEMU was stopped\n", o.Name, err)
 		return 1
 	}
-	if errors.Is(ctx.Err(), context.Canceled) {
-		fmt.Fprintf(stdout, "vm %s powered off\n", o.Name)
+	fmt.Fprintf(stderr, "vm %s powered off\n", o.Name)
+	return rc
+}
+
+// runREPL runs the debugging REPL on the VM's agent until it exits.
+func runREPL(ctx context.Context, v *VM, stdin io.Reader, stdout, stderr io.Writer) int {
+	b, err := repl.DialAgent(v.AgentAddr())
+	if err != nil {
+		fmt.Fprintln(stderr, "error:", err)
+		return 1
 	}
-	return 0
+	defer b.Close()
+	return repl.Run(ctx, repl.Config{Backend: b, In: stdin, Out: stdout, Err: stderr, Gone: v.Done(),
+		Prompt: v.cfg.Name + "> ",
+		Banner: "sailbox arm64 VM " + v.cfg.Name + " (agent " + v.AgentAddr() + "). Type help; try: exec uname -a. Ctrl-D or exit powers it off."})
+}
+
+// isTerminal is isatty (a character device such as /dev/null is not one).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -74,7 +74,7 @@ func TestRunUp(t *testing.T) {
 	stop()
 	select {
 	case rc := <-done:
-		if rc != 0 || !strings.Contains(stdout.String(), "powered off") {
+		if rc != 0 || !strings.Contains(stderr.String(), "powered off") {
 			t.Fatalf("RunUp: %d\nstdout:%s\nstderr:%s", rc, stdout.String(), stderr.String())
 		}
 	case <-time.After(60 * time.Second):
@@ -105,5 +105,26 @@ func waitAgentLine(t *testing.T, stdout, stderr *lockedBuf, done <-chan int) str
 				return a
 			}
 		}
+	}
+}
+
+// TestRunUpREPL is `vm up --repl` with a script on stdin: the REPL runs it
+// against the VM's agent and the VM powers off at the end of input.
+func TestRunUpREPL(t *testing.T) {
+	testcap.Command(t, "qemu-system-aarch64")
+	testKernel(t)
+	bin := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, p := range []string{"imageinit", "guest-agent"} {
+		if err := BuildArm64(ctx, "github.com/sailbox/sailbox/"+p, filepath.Join(bin, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stdout, stderr lockedBuf
+	rc := RunUpIO(ctx, []string{"--name", "repltest", "--dir", t.TempDir(), "--init", filepath.Join(bin, "imageinit"),
+		"--agent", filepath.Join(bin, "guest-agent"), "--repl", "true"}, strings.NewReader("exec uname -m\nexec hostname\n"), &stdout, &stderr)
+	if rc != 0 || stdout.String() != "aarch64\nrepltest\n" || !strings.Contains(stderr.String(), "powered off") {
+		t.Fatalf("rc %d\nstdout: %q\nstderr: %s", rc, stdout.String(), stderr.String())
 	}
 }
