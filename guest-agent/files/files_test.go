@@ -53,6 +53,10 @@ func noTemps(t *testing.T, dir string) {
 }
 
 func TestWriteModesExactlyDespiteUmask(t *testing.T) {
+	bothTempKinds(t, testWriteModes)
+}
+
+func testWriteModes(t *testing.T) {
 	old := syscall.Umask(0o077)
 	defer syscall.Umask(old)
 	dir := t.TempDir()
@@ -87,7 +91,22 @@ func TestWriteModesExactlyDespiteUmask(t *testing.T) {
 	noTemps(t, dir)
 }
 
+// bothTempKinds runs f with unnamed (O_TMPFILE) and named temp files.
+func bothTempKinds(t *testing.T, f func(t *testing.T)) {
+	for _, named := range []bool{false, true} {
+		t.Run(map[bool]string{false: "O_TMPFILE", true: "named"}[named], func(t *testing.T) {
+			noTmpfile = named
+			defer func() { noTmpfile = false }()
+			f(t)
+		})
+	}
+}
+
 func TestWriteReplacesAtomicallyAndAbortKeepsOld(t *testing.T) {
+	bothTempKinds(t, testWriteReplaces)
+}
+
+func testWriteReplaces(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	if _, err := writeFile(t, WriteSpec{Path: p}, []byte("old")); err != nil {
@@ -101,8 +120,12 @@ func TestWriteReplacesAtomicallyAndAbortKeepsOld(t *testing.T) {
 	if b, _ := os.ReadFile(p); string(b) != "old" {
 		t.Fatalf("target changed before commit: %q", b)
 	}
-	if _, err := os.Stat(w.TempPath()); err != nil || filepath.Dir(w.TempPath()) != dir {
-		t.Fatalf("temp %s: %v", w.TempPath(), err)
+	if noTmpfile {
+		if _, err := os.Stat(w.TempPath()); err != nil || filepath.Dir(w.TempPath()) != dir {
+			t.Fatalf("temp %s: %v", w.TempPath(), err)
+		}
+	} else if w.TempPath() != "" {
+		t.Fatalf("O_TMPFILE temp file has a name: %s", w.TempPath())
 	}
 	w.Abort()
 	if b, _ := os.ReadFile(p); string(b) != "old" {
@@ -154,6 +177,10 @@ func TestWriteErrors(t *testing.T) {
 
 func TestWriteENOSPCIsResourceExhausted(t *testing.T) {
 	testcap.Root(t)
+	bothTempKinds(t, testENOSPC)
+}
+
+func testENOSPC(t *testing.T) {
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)

@@ -3,8 +3,10 @@ package files
 import (
 	"errors"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -33,13 +35,15 @@ type WriteSpec struct {
 }
 
 // Writer is an atomic write in progress: data goes to a temp file in the
-// target's directory and replaces the target on Commit. Until then the old
+// target's directory (unnamed, O_TMPFILE, where the filesystem has it) and
+// replaces the target on Commit. Until then the old
 // file is untouched; Abort (or a failed Commit) removes the temp file.
 type Writer struct {
 	spec   WriteSpec
 	path   string // the target, symlinks resolved
 	mode   uint32
 	tmp    *os.File
+	named  string // the temp file's name; "" while it is unnamed (O_TMPFILE)
 	n      uint64
 	closed bool
 }
@@ -75,11 +79,26 @@ func Create(spec WriteSpec) (*Writer, error) {
 	if err := ensureDir(dir, spec); err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, tempPrefix(filepath.Base(p)))
-	if err != nil {
+	w := &Writer{spec: spec, path: p, mode: mode}
+	// An unnamed temp file (O_TMPFILE) vanishes by itself if the agent or
+	// the VM dies mid-transfer; it gets a name only at commit. Filesystems
+	// without O_TMPFILE get a named temp file from the start.
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if noTmpfile {
+		err = unix.EOPNOTSUPP
+	}
+	switch {
+	case err == nil:
+		w.tmp = os.NewFile(uintptr(fd), filepath.Join(dir, "(unnamed temp file)"))
+		return w, nil
+	case err != unix.EOPNOTSUPP && err != unix.EISDIR && err != unix.EINVAL:
 		return nil, statusErr("write", p, err)
 	}
-	return &Writer{spec: spec, path: p, mode: mode, tmp: tmp}, nil
+	if w.tmp, err = os.CreateTemp(dir, tempPrefix(filepath.Base(p))); err != nil {
+		return nil, statusErr("write", p, err)
+	}
+	w.named = w.tmp.Name()
+	return w, nil
 }
 
 // resolveTarget follows a symlink at p, so a write through a link replaces
@@ -153,11 +172,14 @@ func tempPrefix(base string) string {
 	return "." + base + ".sailbox-tmp-"
 }
 
+// noTmpfile makes Create behave as on a filesystem without O_TMPFILE (tests).
+var noTmpfile bool
+
 // Path is the file the write replaces (symlinks resolved).
 func (w *Writer) Path() string { return w.path }
 
-// TempPath is the temp file's path.
-func (w *Writer) TempPath() string { return w.tmp.Name() }
+// TempPath is the temp file's path, or "" while it has none (O_TMPFILE).
+func (w *Writer) TempPath() string { return w.named }
 
 // Written is the number of bytes written so far.
 func (w *Writer) Written() uint64 { return w.n }
@@ -214,13 +236,16 @@ func (w *Writer) Commit() (Info, error) {
 			err = statusErr("stat", w.path, e)
 		}
 	}
+	if err == nil && w.named == "" {
+		err = w.link()
+	}
 	if err == nil {
 		if e := w.tmp.Close(); e != nil {
 			err = w.writeErr("close", e)
 		}
 	}
 	if err == nil {
-		if e := os.Rename(w.tmp.Name(), w.path); e != nil {
+		if e := os.Rename(w.named, w.path); e != nil {
 			err = statusErr("rename", w.path, e)
 		}
 	}
@@ -242,10 +267,36 @@ func (w *Writer) Abort() {
 		return
 	}
 	w.closed = true
-	w.tmp.Close()
-	if err := os.Remove(w.tmp.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return
+	w.tmp.Close() // an unnamed temp file is gone with its last descriptor
+	if w.named != "" {
+		if err := os.Remove(w.named); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
 	}
+}
+
+// link gives the unnamed temp file a temp name in the target's directory,
+// for the rename. Through /proc/self/fd (no privilege needed); without
+// /proc, AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH, which root has).
+func (w *Writer) link() error {
+	dir := filepath.Dir(w.path)
+	fd := int(w.tmp.Fd())
+	for range 10 {
+		name := filepath.Join(dir, tempPrefix(filepath.Base(w.path))+strconv.FormatUint(rand.Uint64(), 36))
+		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, name, unix.AT_SYMLINK_FOLLOW)
+		if err == unix.ENOENT {
+			err = unix.Linkat(fd, "", unix.AT_FDCWD, name, unix.AT_EMPTY_PATH)
+		}
+		switch err {
+		case nil:
+			w.named = name
+			return nil
+		case unix.EEXIST:
+			continue
+		}
+		return w.writeErr("link temp file of", err)
+	}
+	return status.Errorf(codes.Internal, "write %s: no free temp name", w.path)
 }
 
 func syncDir(dir string) error {

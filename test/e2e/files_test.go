@@ -192,25 +192,44 @@ func TestInterruptedWriteKeepsOldFile(t *testing.T) {
 	dir := t.TempDir()
 	f := filepath.Join(dir, "f")
 	os.WriteFile(f, []byte("old content"), 0o644)
-
-	cmd := exec.Command(agenttest.Supervisor(t), "write", "--agent", a.Addr, f)
-	cmd.Env = agenttest.Env()
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	in.Write(bytes.Repeat([]byte("n"), 5<<20))
-	// The agent has the temp file and the data sent so far.
+	tempSize := func(dir string) int64 { return agentTempSize(a.Cmd.Process.Pid, dir) }
 	deadline := time.Now().Add(20 * time.Second)
-	for tempSize(dir) < 4<<20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the transfer never reached the agent (temp size %d)", tempSize(dir))
+
+	// startWrite starts a CLI write, feeds it 5 MiB and waits until the
+	// agent's temp file holds most of it.
+	startWrite := func() *exec.Cmd {
+		cmd := exec.Command(agenttest.Supervisor(t), "write", "--agent", a.Addr, f)
+		cmd.Env = agenttest.Env()
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		in.Write(bytes.Repeat([]byte("n"), 5<<20))
+		for tempSize(dir) < 4<<20 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the transfer never reached the agent (temp size %d)", tempSize(dir))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return cmd
 	}
+
+	// The agent dies mid-transfer (SIGKILL, as the OOM killer would): the
+	// unnamed temp file dies with it.
+	startWrite()
+	a.KillHard()
+	if b, _ := os.ReadFile(f); string(b) != "old content" {
+		t.Fatalf("old file changed: %q", b)
+	}
+	noTempFiles(t, dir)
+	a.Restart(t)
+
+	// The client vanishes mid-transfer.
+	cmd := startWrite()
 	cmd.Process.Kill()
 	cmd.Wait()
 	for tempSize(dir) >= 0 {
@@ -290,12 +309,18 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
 
-// tempSize is the size of the agent's temp file in dir, or -1 when there is none.
-func tempSize(dir string) int64 {
-	ents, _ := os.ReadDir(dir)
+// agentTempSize is the size of the temp file the agent has open in dir
+// (named, or unnamed from O_TMPFILE), or -1 when it has none.
+func agentTempSize(pid int, dir string) int64 {
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(fdDir)
 	for _, e := range ents {
-		if strings.Contains(e.Name(), ".sailbox-tmp-") {
-			if fi, err := e.Info(); err == nil {
+		target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, dir+"/") {
+			continue
+		}
+		if strings.Contains(target, ".sailbox-tmp-") || strings.HasSuffix(target, " (deleted)") {
+			if fi, err := os.Stat(filepath.Join(fdDir, e.Name())); err == nil {
 				return fi.Size()
 			}
 			return 0
