@@ -175,10 +175,16 @@ func (s *Sandbox) Checkpoint(ctx context.Context, o CheckpointOptions) (*Checkpo
 	rep.VMM = time.Since(t1)
 
 	t2 := time.Now()
-	_, thawErr := s.thaw(ctx, rep)
+	tr, thawErr := s.thaw(ctx, rep)
 	rep.Thaw = time.Since(t2)
 	if vmmErr != nil {
 		return nil, withCause(wrap(vmmErr, "sandbox %s: checkpoint", s.cfg.ID), thawErr, "thaw")
+	}
+	if thawErr == nil && !tr.WasFrozen {
+		// Something (the guest's watchdog) thawed during the VMM step: the
+		// state captured may not be quiesced. Not a checkpoint.
+		return nil, status.Errorf(codes.Aborted, "sandbox %s: checkpoint: the guest thawed by itself before the VMM step ended (%v; freeze watchdog %v): not journalled",
+			s.cfg.ID, rep.VMM.Round(time.Millisecond), watchdogText(fr.WatchdogDeadlineUnixNano, fr.SinceUnixNano))
 	}
 	gen, err := s.cfg.Journal.BumpGeneration(s.cfg.ID)
 	if err != nil {
@@ -201,6 +207,13 @@ func (s *Sandbox) thaw(ctx context.Context, rep *CheckpointReport) (*agentv1.Tha
 		rep.Quiesced = time.Duration(tr.FrozenForNs)
 	}
 	return tr, err
+}
+
+func watchdogText(deadline, since int64) string {
+	if deadline == 0 || since == 0 {
+		return "unknown"
+	}
+	return time.Duration(deadline - since).Round(time.Millisecond).String()
 }
 
 // cleanupCtx outlives a cancelled ctx: undoing a freeze or pause must

@@ -207,6 +207,25 @@ func TestCheckpointThawsOnFailure(t *testing.T) {
 	}
 }
 
+// The guest's watchdog thaws during a slow snapshot: the snapshot may not
+// be quiesced, so it is not a checkpoint.
+func TestCheckpointWatchdogThawedDuringSnapshot(t *testing.T) {
+	r := newRig(t, true)
+	r.vmm.inSnapshot = func() { time.Sleep(1500 * time.Millisecond) }
+	sb := lifecycle.New(lifecycle.Config{ID: "sb1", Agent: r.agent, VMM: r.vmm, Journal: r.j, FreezeWatchdog: 300 * time.Millisecond})
+	rep, err := sb.Checkpoint(ctxT(t), lifecycle.CheckpointOptions{Path: filepath.Join(t.TempDir(), "snap")})
+	if status.Code(err) != codes.Aborted || rep != nil || !strings.Contains(err.Error(), "thawed by itself") {
+		t.Fatalf("checkpoint across a watchdog thaw: %+v %v", rep, err)
+	}
+	if g, _ := r.j.Generation("sb1"); g != 0 {
+		t.Fatalf("generation bumped to %d", g)
+	}
+	st, err := r.agent.FreezeStatus(context.Background(), &agentv1.FreezeStatusRequest{})
+	if err != nil || st.Frozen || st.LastThaw != "watchdog" {
+		t.Fatalf("freeze status %+v %v", st, err)
+	}
+}
+
 // A failed freeze (a hook refuses) is reported with its code; nothing else runs.
 func TestCheckpointFreezeFails(t *testing.T) {
 	r := newRig(t, false)
