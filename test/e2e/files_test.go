@@ -111,6 +111,17 @@ func TestWriteReadStatAcceptance(t *testing.T) {
 	if st.Mode&0o7777 != 0o4750 || st.Uid != 1234 || st.Gid != 5678 || st.Size != 3 {
 		t.Fatalf("mode %#o uid %d gid %d size %d", st.Mode&0o7777, st.Uid, st.Gid, st.Size)
 	}
+	// Parents created for an owned file belong to the same owner.
+	owned := filepath.Join(dir, "o1", "o2", "f")
+	if r := cli(t, strings.NewReader("o"), "write", "--agent", a.Addr, "--uid", "1234", "--gid", "5678", owned); r.code != 0 {
+		t.Fatalf("owned write: %+v", r)
+	}
+	for _, p := range []string{filepath.Join(dir, "o1"), filepath.Join(dir, "o1", "o2"), owned} {
+		syscall.Stat(p, &st)
+		if st.Uid != 1234 || st.Gid != 5678 {
+			t.Errorf("%s: owner %d:%d, want 1234:5678", p, st.Uid, st.Gid)
+		}
+	}
 	// Empty content, default mode.
 	empty := filepath.Join(dir, "empty")
 	if r := cli(t, strings.NewReader(""), "write", "--agent", a.Addr, empty); r.code != 0 {
