@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chzyer/readline"
+	clog "github.com/containerd/log"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -62,6 +63,10 @@ type Session struct {
 // Run runs a session until exit, end of input or (not interactive) the
 // first failure, and returns the exit status.
 func Run(ctx context.Context, cfg Config) int {
+	// ttrpc logs a late reply to a cancelled call (Ctrl-C during wait) as an
+	// error on stderr, which would garble the screen: the REPL reports its
+	// own errors.
+	clog.SetLevel("fatal")
 	s := newSession(cfg)
 	if s.interactive {
 		return s.runInteractive(ctx)
