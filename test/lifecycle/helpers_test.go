@@ -64,7 +64,11 @@ type agentProc struct {
 	cmd          *exec.Cmd
 }
 
-func startAgent(t *testing.T) *agentProc {
+func startAgent(t testing.TB) *agentProc { return startAgentHooks(t, true) }
+
+// startAgentHooks starts the agent, with the event-logging freeze hook or
+// without any hook.
+func startAgentHooks(t testing.TB, logHook bool) *agentProc {
 	t.Helper()
 	testcap.Root(t)
 	unshare, setpriv := testcap.Command(t, "unshare"), testcap.Command(t, "setpriv")
@@ -79,8 +83,10 @@ func startAgent(t *testing.T) *agentProc {
 	}
 	// The agent runs hooks with "freeze" before freezing and "thaw" after thawing.
 	hook := fmt.Sprintf("#!/bin/sh\necho agent-$1 >> %s\n", a.ev.path)
-	if err := os.WriteFile(filepath.Join(hooks, "10-log"), []byte(hook), 0o755); err != nil {
-		t.Fatal(err)
+	if logHook {
+		if err := os.WriteFile(filepath.Join(hooks, "10-log"), []byte(hook), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	logPath := filepath.Join(dir, "agent.log")
 	logf, err := os.Create(logPath)
@@ -120,7 +126,7 @@ func startAgent(t *testing.T) *agentProc {
 	return a
 }
 
-func (a *agentProc) client(t *testing.T, addr string) *agentclient.Client {
+func (a *agentProc) client(t testing.TB, addr string) *agentclient.Client {
 	t.Helper()
 	c, err := agentclient.New(addr, agentclient.Options{DialTimeout: 5 * time.Second})
 	if err != nil {
