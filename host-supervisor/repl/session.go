@@ -336,7 +336,7 @@ func (s *Session) runInteractive(ctx context.Context) int {
 	for {
 		line, err := rl.Readline()
 		if s.gone() {
-			fmt.Fprintln(s.err, "error: Unavailable: the agent has exited")
+			fmt.Fprintln(s.err, "\nerror: Unavailable: the agent has exited")
 			return ExitError
 		}
 		if errors.Is(err, readline.ErrInterrupt) {

@@ -193,6 +193,10 @@ func (tm *term) expect(re string) []string {
 		if loc := rx.FindStringSubmatchIndex(s[tm.mark:]); loc != nil {
 			m := rx.FindStringSubmatch(s[tm.mark:])
 			tm.mark += loc[1]
+			// A redrawn line may overwrite trailing blanks (the prompt's).
+			for tm.mark > 0 && s[tm.mark-1] == ' ' {
+				tm.mark--
+			}
 			return m
 		}
 		if time.Now().After(deadline) {

@@ -1,0 +1,127 @@
+package repl_test
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sailbox/sailbox/internal/agenttest"
+	"github.com/sailbox/sailbox/internal/testcap"
+)
+
+// The agent dies with host-supervisor local, even when it is SIGKILLed
+// (parent death signal; then the PID namespace goes with its init).
+func TestLocalAgentDiesWithParent(t *testing.T) {
+	testcap.Root(t)
+	_, env := stateEnv(t)
+	tm := startTerm(t, env, "local")
+	tm.expect(`local> *$`)
+	tm.send("exec -b --id orphan-to-be sleep 1001\r")
+	tm.expect(`orphan-to-be\n`)
+	var agentPid int
+	var sleeper *proc
+	waitFor(t, "agent and sleep 1001 run", func() bool {
+		for _, p := range descendants(t, tm.cmd.Process.Pid) {
+			if strings.Contains(p.cmdline, "--listen unix://") {
+				agentPid = p.pid
+			}
+		}
+		sleeper = findProc(descendants(t, tm.cmd.Process.Pid), "sleep 1001")
+		return agentPid != 0 && sleeper != nil
+	})
+	tm.cmd.Process.Kill()
+	tm.wait()
+	waitFor(t, "the agent and its exec are gone after SIGKILL of host-supervisor", func() bool {
+		return !alive(agentPid) && !alive(sleeper.pid)
+	})
+}
+
+// When the agent dies, the REPL says so and ends with 125.
+func TestLocalAgentExitEndsSession(t *testing.T) {
+	testcap.Root(t)
+	_, env := stateEnv(t)
+	tm := startTerm(t, env, "local")
+	tm.expect(`local> *$`)
+	var agentPid int
+	waitFor(t, "agent runs", func() bool {
+		for _, p := range descendants(t, tm.cmd.Process.Pid) {
+			if strings.Contains(p.cmdline, "--listen unix://") {
+				agentPid = p.pid
+			}
+		}
+		return agentPid != 0
+	})
+	syscall.Kill(agentPid, syscall.SIGKILL)
+	tm.expect(`error: Unavailable: the agent has exited`)
+	if code := tm.wait(); code != 125 {
+		t.Errorf("exit status %d, want 125", code)
+	}
+}
+
+// Not root: the agent runs as a plain child, says so, and exit still takes
+// its execs with it.
+func TestLocalPlainAsNonRoot(t *testing.T) {
+	testcap.Root(t) // to become another user
+	// Binaries where user nobody can run them.
+	dir, err := os.MkdirTemp("", "sailbox-plain-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	for _, b := range []string{"host-supervisor", "guest-agent"} {
+		copyFile(t, filepath.Join(agenttest.Binaries(t), b), filepath.Join(dir, b))
+	}
+	cmd := exec.Command(filepath.Join(dir, "host-supervisor"), "local")
+	cmd.Env = append(agenttest.Env(), "HOME="+dir, "XDG_RUNTIME_DIR=")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Stdin = strings.NewReader("exec id -u; hostname\nexec -b --id bg sleep 1002\nps\n")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("local as nobody: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	host, _ := os.Hostname()
+	if !strings.HasPrefix(out.String(), "65534\n"+host+"\nbg\n") {
+		t.Errorf("stdout %q", out.String())
+	}
+	if !strings.Contains(errb.String(), "note: not isolated (needs root): the agent runs as a plain child process") {
+		t.Errorf("stderr does not say it is not isolated: %q", errb.String())
+	}
+	m := regexp.MustCompile(`(?m)^bg\s+running\s+(\d+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no pid for bg in ps:\n%s", out.String())
+	}
+	pid, _ := strconv.Atoi(m[1])
+	if alive(pid) {
+		t.Errorf("sleep 1002 (pid %d) outlived host-supervisor local", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	in, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
