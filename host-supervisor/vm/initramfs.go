@@ -37,7 +37,7 @@ var busyboxApplets = []string{
 	"false", "find", "free", "grep", "gzip", "head", "hostname", "httpd", "id", "ip", "kill", "killall",
 	"ln", "ls", "lsmod", "md5sum", "mkdir", "mknod", "mktemp", "mount", "mv", "nc", "netstat", "nproc",
 	"pidof", "pgrep", "pkill", "poweroff", "printf", "ps", "pwd", "readlink", "rm", "rmdir", "sed",
-	"seq", "sha1sum", "sha256sum", "sleep", "sort", "stat", "sync", "tail", "tar", "tee", "test", "top",
+	"seq", "sha1sum", "sha256sum", "sleep", "sort", "stat", "stty", "tty", "sync", "tail", "tar", "tee", "test", "top",
 	"touch", "tr", "true", "umount", "uname", "uptime", "vi", "watch", "wc", "wget", "which", "xargs", "yes",
 }
 

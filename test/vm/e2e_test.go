@@ -186,6 +186,12 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatalf("stdout/stderr/exit: %+v %v", r, err)
 	}
 
+	// 2a. A pty exec (devpts mounted by imageinit): stdout is the terminal.
+	r, err = run(ctx, c, &agentv1.StartRequest{Command: "tty; stty size", Tty: true, Rows: 33, Cols: 101})
+	if err != nil || !strings.HasPrefix(r.stdout, "/dev/pts/") || !strings.Contains(r.stdout, "33 101") {
+		t.Fatalf("tty exec: %+v %v", r, err)
+	}
+
 	// 3. A timeout kills the command.
 	t0 := time.Now()
 	r, err = run(ctx, c, &agentv1.StartRequest{Command: "echo started; sleep 30", TimeoutMs: 500, KillGraceMs: 200})
