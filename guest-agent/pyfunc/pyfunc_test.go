@@ -34,6 +34,8 @@ def sleepy(s):
     print("going to sleep", flush=True)
     time.sleep(s)
     return "woke"
+def huge():
+    raise ValueError("z" * 5000000)
 def die():
     os._exit(7)
 def big(n):
@@ -140,6 +142,17 @@ func TestCallExceptionsAndPrints(t *testing.T) {
 		t.Errorf("chatty: %v value %q stdout %q stderr %q", err, res.Value, res.Stdout, res.Stderr)
 	}
 
+	// A result that cannot be pickled is an exception too.
+	res, err = r.Run(context.Background(), Call{Payload: pickled(t, "(open, ('/dev/null',), {})")})
+	if err != nil || res.Exception == nil || res.Exception.Type != "TypeError" || !strings.Contains(res.Exception.Message, "cannot pickle") {
+		t.Errorf("unpicklable result: %v %+v", err, res.Exception)
+	}
+	// A huge exception message is cut, not an oversized answer.
+	res, err = r.Run(context.Background(), Call{Payload: pickled(t, "(sbfuncs.huge, (), {})")})
+	if err != nil || res.Exception == nil || len(res.Exception.Message) > 70000 || len(res.Exception.Traceback) > 300000 ||
+		!strings.Contains(res.Exception.Traceback, "in huge\n") || !strings.Contains(res.Exception.Traceback, "ValueError: zzzz") {
+		t.Fatalf("huge exception: %v, %+v", err, res.Exception != nil)
+	}
 	// A payload that is not a call, and garbage.
 	res, err = r.Run(context.Background(), Call{Payload: pickled(t, "42")})
 	if err != nil || res.Exception == nil || res.Exception.Type != "TypeError" {

@@ -32,10 +32,20 @@ def main():
         tb = e.__traceback__
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next  # the runner's own frame says nothing
-        record = b"E" + json.dumps({
-            "type": name, "message": str(e),
-            "traceback": "".join(traceback.format_exception(t, e, tb)),
-        }).encode()
+        try:
+            message = str(e)
+        except BaseException:
+            message = "<str() of the exception failed>"
+        # Bounded, so an exception always fits in the answer: long lines
+        # (a huge message) are cut, then the middle of a long traceback.
+        lines = [l if len(l) <= 65536 else l[:65536] + "...\n"
+                 for l in traceback.TracebackException(t, e, tb).format()]
+        text = "".join(lines)
+        if len(text) > 262144:
+            text = text[:65536] + "...\n" + text[-196608:]
+        if len(message) > 65536:
+            message = message[:65536] + "..."
+        record = b"E" + json.dumps({"type": name, "message": message, "traceback": text}).encode()
     for f in (sys.stdout, sys.stderr):
         try:
             f.flush()
