@@ -98,6 +98,9 @@ type VM struct {
 	exited  chan struct{}
 	exitErr error
 
+	lock      *os.File // flock on Dir/vm.lock while the VM lives
+	cleanOnce sync.Once
+
 	consoleMu   sync.Mutex
 	consoleTail []string
 }
@@ -197,10 +200,19 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("vm: Config.Dir is empty")
 	}
+	// One VM per run directory: its sockets would be taken over otherwise.
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, "vm.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.Name, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("vm %s: run directory %s is in use by another VM", cfg.Name, cfg.Dir)
+	}
 	for _, s := range []string{"qmp.sock", "vm.vsock", "vhost-user-vsock.sock"} {
 		os.Remove(filepath.Join(cfg.Dir, s))
 	}
-	v := &VM{cfg: cfg, log: cfg.Logger.With("vm", cfg.Name), ready: make(chan struct{}), exited: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Logger.With("vm", cfg.Name), ready: make(chan struct{}), exited: make(chan struct{}), lock: lock}
 	bg, cancel := context.WithCancel(context.Background())
 	v.cancel = cancel
 	if cfg.NewVsock != nil {
@@ -423,16 +435,20 @@ func (v *VM) Kill() {
 	v.cleanup()
 }
 
+// cleanup releases what Start took; QEMU is gone (or never ran) by then.
 func (v *VM) cleanup() {
-	if v.qmp != nil {
-		v.qmp.Close()
-	}
-	if v.vsock != nil {
-		v.vsock.Close()
-	}
-	if v.cancel != nil {
-		v.cancel()
-	}
+	v.cleanOnce.Do(func() {
+		if v.qmp != nil {
+			v.qmp.Close()
+		}
+		if v.vsock != nil {
+			v.vsock.Close()
+		}
+		if v.cancel != nil {
+			v.cancel()
+		}
+		v.lock.Close()
+	})
 }
 
 // PID is QEMU's process id.

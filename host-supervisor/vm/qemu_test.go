@@ -84,6 +84,9 @@ func TestQMP(t *testing.T) {
 	if _, err := v.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := Start(ctx, Config{Name: "qmp2", Dir: dir, Kernel: k, Initramfs: img}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second VM in the same run directory: %v", err)
+	}
 	q := v.QMP()
 	st, err := q.QueryStatus(ctx)
 	if err != nil || !st.Running || st.Status != "running" {
