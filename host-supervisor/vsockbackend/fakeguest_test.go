@@ -29,6 +29,11 @@ type fakeGuest struct {
 	junkRx    map[uint16]bool   // hand-written rx chains
 	junkUsed  map[uint16]uint32 // their used lengths
 
+	// memMu keeps guest memory mapped while a sender uses it; Close takes
+	// it exclusively to unmap.
+	memMu    sync.RWMutex
+	unmapped bool
+
 	txMu    sync.Mutex
 	txSlots chan uint64
 	txBusy  map[uint16]uint64
@@ -204,6 +209,12 @@ func (g *fakeGuest) Close() {
 		c.cond.Broadcast()
 	}
 	g.mu.Unlock()
+	g.memMu.Lock()
+	defer g.memMu.Unlock()
+	if g.unmapped {
+		return
+	}
+	g.unmapped = true
 	g.rx.Close()
 	g.tx.Close()
 	g.mem.Close()
@@ -234,6 +245,11 @@ func (g *fakeGuest) send(h Header, payload []byte) error {
 	case slot = <-g.txSlots:
 	case <-g.ctx.Done():
 		return g.ctx.Err()
+	}
+	g.memMu.RLock()
+	defer g.memMu.RUnlock()
+	if g.unmapped {
+		return io.ErrClosedPipe
 	}
 	h.SrcCID, h.DstCID, h.Type, h.Len = g.cid, HostCID, TypeStream, uint32(len(payload))
 	b := g.mem.Bytes(slot, HeaderSize+len(payload))

@@ -166,11 +166,17 @@ func TestHostileGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Ignore credit until the back end's buffer and the host socket's
+	// are both full.
 	chunk := make([]byte, guestMaxTxPkt)
-	for range bufAlloc/guestMaxTxPkt + 2 {
+	for range (16 << 20) / guestMaxTxPkt {
 		g.mu.Lock()
 		h := gc.hdr(OpRW)
+		closed := gc.state == gClosed
 		g.mu.Unlock()
+		if closed {
+			break
+		}
 		g.send(h, chunk)
 	}
 	if !gc.WaitClosed(5 * time.Second) {
