@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +40,10 @@ const (
 	copyBufSize = 256 << 10
 	pipeSize    = 1 << 20
 )
+
+// devNull is the stdin of every exec without one, opened once: each child
+// gets its own dup of it at fork.
+var devNull = sync.OnceValues(func() (*os.File, error) { return os.Open(os.DevNull) })
 
 // Copy buffers are taken only when a pipe is readable, so thousands of idle
 // execs hold no buffers.
@@ -88,11 +93,10 @@ func startProcess(r *reaper.Reaper, prog string, argv, env []string, spec Spec, 
 			toClose = append(toClose, rd)
 			childFiles = append(childFiles, rd.Fd())
 		} else {
-			devnull, err := os.Open(os.DevNull)
+			devnull, err := devNull()
 			if err != nil {
 				return fail(err)
 			}
-			toClose = append(toClose, devnull)
 			childFiles = append(childFiles, devnull.Fd())
 		}
 		for _, sp := range []*spool.Spool{stdout, stderr} {
@@ -119,19 +123,22 @@ func startProcess(r *reaper.Reaper, prog string, argv, env []string, spec Spec, 
 	proc.pgid = pid
 
 	drained := make(chan struct{})
-	var wg sync.WaitGroup
+	// The last copier to finish closes drained (no waiter goroutine: one
+	// handoff less between the exit and the reply).
+	left := atomic.Int32{}
+	left.Store(int32(len(readers)))
 	for i, rd := range readers {
-		wg.Add(1)
 		go func(rd *os.File, sp *spool.Spool, isPty bool) {
-			defer wg.Done()
 			copyOutput(rd, sp)
 			sp.CloseWrite()
 			if !isPty { // the pty master is closed by release
 				rd.Close()
 			}
+			if left.Add(-1) == 0 {
+				close(drained)
+			}
 		}(rd, spools[i], spec.TTY)
 	}
-	go func() { wg.Wait(); close(drained) }()
 	return &started{pid: pid, proc: proc, exited: exited, drained: drained}, nil
 }
 

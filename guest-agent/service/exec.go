@@ -26,8 +26,16 @@ type Exec struct {
 var _ agentv1.ExecService = (*Exec)(nil)
 
 func (s *Exec) Start(ctx context.Context, req *agentv1.StartRequest) (*agentv1.StartResponse, error) {
+	e, created, err := s.start(req)
+	if err != nil {
+		return nil, err
+	}
+	return &agentv1.StartResponse{Status: ExecStatusProto(e.Status()), Created: created}, nil
+}
+
+func (s *Exec) start(req *agentv1.StartRequest) (*execengine.Exec, bool, error) {
 	if req.Rows > 0xffff || req.Cols > 0xffff {
-		return nil, status.Errorf(codes.InvalidArgument, "pty size %dx%d out of range", req.Cols, req.Rows)
+		return nil, false, status.Errorf(codes.InvalidArgument, "pty size %dx%d out of range", req.Cols, req.Rows)
 	}
 	spec := execengine.Spec{
 		ID: req.Id, Command: req.Command, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env,
@@ -36,15 +44,29 @@ func (s *Exec) Start(ctx context.Context, req *agentv1.StartRequest) (*agentv1.S
 		Stdin:     req.Stdin, TTY: req.Tty, Rows: uint16(req.Rows), Cols: uint16(req.Cols),
 		OutputCap: req.OutputCap,
 	}
-	e, created, err := s.M.Start(spec)
-	if err != nil {
-		return nil, err
-	}
-	return &agentv1.StartResponse{Status: ExecStatusProto(e.Status()), Created: created}, nil
+	return s.M.Start(spec)
 }
 
 func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agentv1.Exec_OutputServer) error {
-	e, err := s.M.Get(req.Id)
+	var (
+		e   *execengine.Exec
+		err error
+	)
+	if req.Start != nil {
+		// Without a host-chosen id a retried request would run the command twice.
+		if req.Start.Id == "" || (req.Id != "" && req.Id != req.Start.Id) {
+			return status.Errorf(codes.InvalidArgument, "output with start: start.id must be given and equal id (got %q and %q)", req.Start.Id, req.Id)
+		}
+		e, _, err = s.start(req.Start)
+	} else {
+		e, err = s.M.Get(req.Id)
+	}
+	// Releases after the start: they then overlap the new command's run.
+	for _, id := range req.Release {
+		if id != req.Id && (req.Start == nil || id != req.Start.Id) {
+			s.M.Release(id) // best effort by contract
+		}
+	}
 	if err != nil {
 		return err
 	}

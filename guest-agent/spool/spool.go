@@ -11,12 +11,16 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
-// Spool is an append-only, offset-addressed byte log on a file.
+// Spool is an append-only, offset-addressed byte log on a file. The file is
+// created at the first kept byte: most execs print little or nothing, and an
+// exec round trip should not pay for files it never uses.
 type Spool struct {
 	path string
-	f    *os.File
+	f    *os.File // nil until the first kept write
 	cap  uint64
 
 	mu      sync.Mutex
@@ -27,13 +31,22 @@ type Spool struct {
 	werr    error
 }
 
-// Create makes a new spool file at path that keeps at most cap bytes.
+// Create makes a new spool at path that keeps at most cap bytes. The file
+// itself appears with the first byte written; path must not exist.
 func Create(path string, cap uint64) (*Spool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	return &Spool{path: path, cap: cap, changed: make(chan struct{})}, nil
+}
+
+// open creates the file; s.mu is held.
+func (s *Spool) open() error {
+	// unix.Open + NewFile: os.OpenFile would try (and fail) to register a
+	// regular file with the poller, five syscalls for nothing.
+	fd, err := unix.Open(s.path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("create spool: %w", err)
+		return fmt.Errorf("create spool %s: %w", s.path, err)
 	}
-	return &Spool{path: path, f: f, cap: cap, changed: make(chan struct{})}, nil
+	s.f = os.NewFile(uintptr(fd), s.path)
+	return nil
 }
 
 // Write appends p, keeping what fits under the cap. It reports len(p) so that
@@ -49,6 +62,13 @@ func (s *Spool) Write(p []byte) (int, error) {
 	keep := uint64(len(p))
 	if room := s.cap - min(s.kept, s.cap); keep > room {
 		keep = room
+	}
+	if keep > 0 && s.werr == nil && s.f == nil {
+		if err := s.open(); err != nil {
+			s.werr = err
+			s.cap = s.kept
+			keep = 0
+		}
 	}
 	if keep > 0 && s.werr == nil {
 		n, err := s.f.WriteAt(p[:keep], int64(s.kept))
@@ -101,7 +121,7 @@ func (s *Spool) Info() Info {
 // ReadAt reads kept bytes at off; it returns io.EOF at the current end.
 func (s *Spool) ReadAt(p []byte, off uint64) (int, error) {
 	s.mu.Lock()
-	kept := s.kept
+	kept, f := s.kept, s.f
 	s.mu.Unlock()
 	if off > kept {
 		return 0, fmt.Errorf("offset %d is past the end of the output (%d bytes)", off, kept)
@@ -112,12 +132,18 @@ func (s *Spool) ReadAt(p []byte, off uint64) (int, error) {
 	if rest := kept - off; uint64(len(p)) > rest {
 		p = p[:rest]
 	}
-	return s.f.ReadAt(p, int64(off))
+	return f.ReadAt(p, int64(off))
 }
 
 // Remove closes and deletes the spool file.
 func (s *Spool) Remove() error {
 	s.CloseWrite()
-	s.f.Close()
+	s.mu.Lock()
+	f := s.f
+	s.mu.Unlock()
+	if f == nil {
+		return nil // never written: there is no file
+	}
+	f.Close()
 	return os.Remove(s.path)
 }

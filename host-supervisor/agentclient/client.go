@@ -31,6 +31,9 @@ type Client struct {
 
 	mu   sync.Mutex
 	conn *conn
+
+	relMu    sync.Mutex
+	releases []string // finished execs Run will release (see run.go)
 }
 
 type conn struct {
@@ -92,8 +95,13 @@ func (c *Client) drop(cn *conn) {
 	}
 }
 
-// Close closes the connection.
+// Close releases what Run left to release, then closes the connection.
 func (c *Client) Close() error {
+	if c.queuedReleases() > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), closeReleaseTimeout)
+		c.flushReleases(ctx)
+		cancel()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn != nil {

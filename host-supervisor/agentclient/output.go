@@ -20,12 +20,22 @@ type Offsets struct {
 // written: no byte is lost or written twice. The returned offsets say how far
 // it got, also on error.
 func (c *Client) CopyOutput(ctx context.Context, id string, off Offsets, follow bool, stdout, stderr io.Writer) (*agentv1.ExecStatus, Offsets, error) {
+	return c.copyOutput(ctx, id, nil, off, follow, stdout, stderr)
+}
+
+// copyOutput is CopyOutput that, with start, starts the exec in the same
+// request (Output's start field: one round trip). Each attempt also carries
+// the releases queued by Run.
+func (c *Client) copyOutput(ctx context.Context, id string, start *agentv1.StartRequest, off Offsets, follow bool, stdout, stderr io.Writer) (*agentv1.ExecStatus, Offsets, error) {
 	var final *agentv1.ExecStatus
 	err := c.call(ctx, func(cn *conn) error {
+		release := c.takeReleases()
 		stream, err := cn.exec.Output(ctx, &agentv1.OutputRequest{
 			Id: id, StdoutOffset: off.Stdout, StderrOffset: off.Stderr, Follow: follow,
+			Start: start, Release: release,
 		})
 		if err != nil {
+			c.queueRelease(release...) // not delivered for sure: keep them
 			return err
 		}
 		for {

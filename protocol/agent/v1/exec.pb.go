@@ -568,7 +568,16 @@ type OutputRequest struct {
 	StdoutOffset uint64                 `protobuf:"varint,2,opt,name=stdout_offset,json=stdoutOffset,proto3" json:"stdout_offset,omitempty"`
 	StderrOffset uint64                 `protobuf:"varint,3,opt,name=stderr_offset,json=stderrOffset,proto3" json:"stderr_offset,omitempty"`
 	// Keep streaming until the exec finished and all output was sent.
-	Follow        bool `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	Follow bool `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	// When set, start this exec first (exactly as Start: idempotent on
+	// start.id, which must be given and equal id), then stream its output: a
+	// foreground exec costs one round trip instead of Start + Output. A retry
+	// after a dropped link sends the same request with the offsets reached.
+	Start *StartRequest `protobuf:"bytes,5,opt,name=start,proto3" json:"start,omitempty"`
+	// Finished execs to release before serving this request, so a client can
+	// release what it has fully read without a round trip of its own. Best
+	// effort: an id that is unknown or still running is skipped silently.
+	Release       []string `protobuf:"bytes,6,rep,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -629,6 +638,20 @@ func (x *OutputRequest) GetFollow() bool {
 		return x.Follow
 	}
 	return false
+}
+
+func (x *OutputRequest) GetStart() *StartRequest {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *OutputRequest) GetRelease() []string {
+	if x != nil {
+		return x.Release
+	}
+	return nil
 }
 
 type OutputChunk struct {
@@ -1178,12 +1201,14 @@ const file_agent_v1_exec_proto_rawDesc = "" +
 	"\acommand\x18\v \x01(\tR\acommand\x12\x10\n" +
 	"\x03tty\x18\f \x01(\bR\x03tty\"\x19\n" +
 	"\aExecRef\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x81\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xd1\x01\n" +
 	"\rOutputRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rstdout_offset\x18\x02 \x01(\x04R\fstdoutOffset\x12#\n" +
 	"\rstderr_offset\x18\x03 \x01(\x04R\fstderrOffset\x12\x16\n" +
-	"\x06follow\x18\x04 \x01(\bR\x06follow\"\x9f\x01\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\x124\n" +
+	"\x05start\x18\x05 \x01(\v2\x1e.sailbox.agent.v1.StartRequestR\x05start\x12\x18\n" +
+	"\arelease\x18\x06 \x03(\tR\arelease\"\x9f\x01\n" +
 	"\vOutputChunk\x120\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x18.sailbox.agent.v1.StreamR\x06stream\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
@@ -1271,34 +1296,35 @@ var file_agent_v1_exec_proto_depIdxs = []int32{
 	0,  // 1: sailbox.agent.v1.ExecStatus.state:type_name -> sailbox.agent.v1.ExecState
 	4,  // 2: sailbox.agent.v1.ExecStatus.stdout:type_name -> sailbox.agent.v1.StreamInfo
 	4,  // 3: sailbox.agent.v1.ExecStatus.stderr:type_name -> sailbox.agent.v1.StreamInfo
-	1,  // 4: sailbox.agent.v1.OutputChunk.stream:type_name -> sailbox.agent.v1.Stream
-	5,  // 5: sailbox.agent.v1.OutputChunk.final:type_name -> sailbox.agent.v1.ExecStatus
-	5,  // 6: sailbox.agent.v1.ListResponse.execs:type_name -> sailbox.agent.v1.ExecStatus
-	2,  // 7: sailbox.agent.v1.Exec.Start:input_type -> sailbox.agent.v1.StartRequest
-	7,  // 8: sailbox.agent.v1.Exec.Output:input_type -> sailbox.agent.v1.OutputRequest
-	6,  // 9: sailbox.agent.v1.Exec.Wait:input_type -> sailbox.agent.v1.ExecRef
-	6,  // 10: sailbox.agent.v1.Exec.Get:input_type -> sailbox.agent.v1.ExecRef
-	9,  // 11: sailbox.agent.v1.Exec.Signal:input_type -> sailbox.agent.v1.SignalRequest
-	11, // 12: sailbox.agent.v1.Exec.WriteStdin:input_type -> sailbox.agent.v1.WriteStdinRequest
-	6,  // 13: sailbox.agent.v1.Exec.CloseStdin:input_type -> sailbox.agent.v1.ExecRef
-	14, // 14: sailbox.agent.v1.Exec.Resize:input_type -> sailbox.agent.v1.ResizeRequest
-	16, // 15: sailbox.agent.v1.Exec.List:input_type -> sailbox.agent.v1.ListRequest
-	6,  // 16: sailbox.agent.v1.Exec.Release:input_type -> sailbox.agent.v1.ExecRef
-	3,  // 17: sailbox.agent.v1.Exec.Start:output_type -> sailbox.agent.v1.StartResponse
-	8,  // 18: sailbox.agent.v1.Exec.Output:output_type -> sailbox.agent.v1.OutputChunk
-	5,  // 19: sailbox.agent.v1.Exec.Wait:output_type -> sailbox.agent.v1.ExecStatus
-	5,  // 20: sailbox.agent.v1.Exec.Get:output_type -> sailbox.agent.v1.ExecStatus
-	10, // 21: sailbox.agent.v1.Exec.Signal:output_type -> sailbox.agent.v1.SignalResponse
-	12, // 22: sailbox.agent.v1.Exec.WriteStdin:output_type -> sailbox.agent.v1.WriteStdinResponse
-	13, // 23: sailbox.agent.v1.Exec.CloseStdin:output_type -> sailbox.agent.v1.CloseStdinResponse
-	15, // 24: sailbox.agent.v1.Exec.Resize:output_type -> sailbox.agent.v1.ResizeResponse
-	17, // 25: sailbox.agent.v1.Exec.List:output_type -> sailbox.agent.v1.ListResponse
-	18, // 26: sailbox.agent.v1.Exec.Release:output_type -> sailbox.agent.v1.ReleaseResponse
-	17, // [17:27] is the sub-list for method output_type
-	7,  // [7:17] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	2,  // 4: sailbox.agent.v1.OutputRequest.start:type_name -> sailbox.agent.v1.StartRequest
+	1,  // 5: sailbox.agent.v1.OutputChunk.stream:type_name -> sailbox.agent.v1.Stream
+	5,  // 6: sailbox.agent.v1.OutputChunk.final:type_name -> sailbox.agent.v1.ExecStatus
+	5,  // 7: sailbox.agent.v1.ListResponse.execs:type_name -> sailbox.agent.v1.ExecStatus
+	2,  // 8: sailbox.agent.v1.Exec.Start:input_type -> sailbox.agent.v1.StartRequest
+	7,  // 9: sailbox.agent.v1.Exec.Output:input_type -> sailbox.agent.v1.OutputRequest
+	6,  // 10: sailbox.agent.v1.Exec.Wait:input_type -> sailbox.agent.v1.ExecRef
+	6,  // 11: sailbox.agent.v1.Exec.Get:input_type -> sailbox.agent.v1.ExecRef
+	9,  // 12: sailbox.agent.v1.Exec.Signal:input_type -> sailbox.agent.v1.SignalRequest
+	11, // 13: sailbox.agent.v1.Exec.WriteStdin:input_type -> sailbox.agent.v1.WriteStdinRequest
+	6,  // 14: sailbox.agent.v1.Exec.CloseStdin:input_type -> sailbox.agent.v1.ExecRef
+	14, // 15: sailbox.agent.v1.Exec.Resize:input_type -> sailbox.agent.v1.ResizeRequest
+	16, // 16: sailbox.agent.v1.Exec.List:input_type -> sailbox.agent.v1.ListRequest
+	6,  // 17: sailbox.agent.v1.Exec.Release:input_type -> sailbox.agent.v1.ExecRef
+	3,  // 18: sailbox.agent.v1.Exec.Start:output_type -> sailbox.agent.v1.StartResponse
+	8,  // 19: sailbox.agent.v1.Exec.Output:output_type -> sailbox.agent.v1.OutputChunk
+	5,  // 20: sailbox.agent.v1.Exec.Wait:output_type -> sailbox.agent.v1.ExecStatus
+	5,  // 21: sailbox.agent.v1.Exec.Get:output_type -> sailbox.agent.v1.ExecStatus
+	10, // 22: sailbox.agent.v1.Exec.Signal:output_type -> sailbox.agent.v1.SignalResponse
+	12, // 23: sailbox.agent.v1.Exec.WriteStdin:output_type -> sailbox.agent.v1.WriteStdinResponse
+	13, // 24: sailbox.agent.v1.Exec.CloseStdin:output_type -> sailbox.agent.v1.CloseStdinResponse
+	15, // 25: sailbox.agent.v1.Exec.Resize:output_type -> sailbox.agent.v1.ResizeResponse
+	17, // 26: sailbox.agent.v1.Exec.List:output_type -> sailbox.agent.v1.ListResponse
+	18, // 27: sailbox.agent.v1.Exec.Release:output_type -> sailbox.agent.v1.ReleaseResponse
+	18, // [18:28] is the sub-list for method output_type
+	8,  // [8:18] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_exec_proto_init() }
