@@ -179,7 +179,7 @@ func TestCallLimitsAndFailures(t *testing.T) {
 		t.Errorf("os._exit: %v", err)
 	}
 	start := time.Now()
-	res, err := r.Run(context.Background(), Call{Payload: pickled(t, "(sbfuncs.sleepy, (60,), {})"), Timeout: 500 * time.Millisecond})
+	res, err := r.Run(context.Background(), Call{Payload: pickled(t, "(sbfuncs.sleepy, (60,), {})"), Timeout: 3 * time.Second})
 	if err != nil || !res.TimedOut || res.Value != nil || string(res.Stdout) != "going to sleep\n" {
 		t.Errorf("timeout: %v %+v", err, res)
 	}
