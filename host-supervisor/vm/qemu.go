@@ -218,7 +218,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.NewVsock != nil {
 		dev, err := cfg.NewVsock(cfg.GuestCID, filepath.Join(cfg.Dir, "vhost-user-vsock.sock"), v.VsockPath(), v.log)
 		if err != nil {
-			cancel()
+			v.cleanup()
 			return nil, fmt.Errorf("vm %s: vsock backend: %w", cfg.Name, err)
 		}
 		v.vsock = dev
