@@ -24,7 +24,7 @@ func init() {
 func runLocal(ctx context.Context, stdio Stdio, args []string) int {
 	fs := flag.NewFlagSet("local", flag.ContinueOnError)
 	agentBin := fs.String("agent-bin", "", "guest-agent binary (default: guest-agent next to this executable)")
-	stateDir := fs.String("state-dir", "", "keep the agent's socket, state and log here (default: a private directory removed at exit)")
+	stateDir := fs.String("state-dir", "", "keep the agent's socket, state, log and the exec journal here, across sessions (default: a private directory removed at exit, no journal)")
 	plain := fs.Bool("plain", false, "run the agent without namespaces even as root")
 	hist := fs.String("history", "", `history file ("-": none; default $XDG_STATE_HOME/sailbox/history or ~/.local/state/sailbox/history)`)
 	pos, err := parseFlags(fs, args)
@@ -43,16 +43,22 @@ func runLocal(ctx context.Context, stdio Stdio, args []string) int {
 		return fail(stdio, status.Errorf(codes.FailedPrecondition, "local sandbox: %v", err))
 	}
 	defer sb.Close()
-	b, err := repl.DialAgent(sb.Addr)
-	if err != nil {
+	var b repl.Backend
+	if *stateDir != "" {
+		// Execs go through the durable supervisor: journalled in the state dir.
+		j, err := local.OpenJournal(sb.Dir, sb.Addr)
+		if err != nil {
+			return fail(stdio, status.Errorf(codes.FailedPrecondition, "local sandbox: %v", err))
+		}
+		b = j
+		fmt.Fprintf(stdio.Err, "journal: execs are journalled in %s (agent log: %s)\n", sb.Dir, sb.Log)
+	} else if b, err = repl.DialAgent(sb.Addr); err != nil {
 		return fail(stdio, err)
 	}
 	defer b.Close()
-	if *stateDir != "" {
-		fmt.Fprintf(stdio.Err, "note: state in %s (agent log: %s); no journal is kept yet (the durable supervisor is not there)\n", sb.Dir, sb.Log)
-	}
 	return repl.Run(ctx, repl.Config{
 		Backend: b, In: stdio.In, Out: stdio.Out, Err: stdio.Err, HistoryFile: *hist, Gone: sb.Gone(),
+		KeepFinished: *stateDir != "",
 		Prompt: "local> ",
 		Banner: "sailbox local sandbox (agent " + sb.Addr + "). Type help; try: exec uname -a. Ctrl-D or exit leaves.",
 	})

@@ -191,7 +191,7 @@ func cmdExec(ctx context.Context, s *Session, c *call) error {
 	if err != nil {
 		return err
 	}
-	if *id == "" {
+	if *id == "" && !s.cfg.KeepFinished {
 		// Nobody can ask for it by name: free the agent's copy.
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		s.b.Release(rctx, st.Id)
@@ -316,6 +316,9 @@ func cmdPs(ctx context.Context, s *Session, c *call) error {
 			exit = strconv.Itoa(int(st.ExitCode))
 		}
 		state := strings.ToLower(strings.TrimPrefix(st.State.String(), "EXEC_STATE_"))
+		if st.State == agentv1.ExecState_EXEC_STATE_UNSPECIFIED {
+			state, exit = "lost", "-" // a journal's lost or failed record
+		}
 		age := time.Since(time.Unix(0, st.StartedUnixNano)).Round(time.Second)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", st.Id, state, st.Pid, exit, age, st.Command)
 	}

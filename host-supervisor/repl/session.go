@@ -42,6 +42,9 @@ type Config struct {
 	Gone <-chan struct{}
 	// Banner is printed once when an interactive session starts.
 	Banner string
+	// KeepFinished keeps foreground execs after they end (a journal keeps
+	// them); otherwise the REPL releases those it named itself.
+	KeepFinished bool
 }
 
 // Session is one REPL session.

@@ -125,3 +125,42 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// local --state-dir journals execs through the durable supervisor: records
+// and output outlive the session; an exec running when it ended is
+// reported lost in the next one, never run again.
+func TestLocalJournalAcrossSessions(t *testing.T) {
+	testcap.Root(t)
+	state := filepath.Join(t.TempDir(), "state")
+	run := func(script string) (string, string, int) {
+		cmd := exec.Command(agenttest.Supervisor(t), "local", "--state-dir", state)
+		cmd.Env = agenttest.Env()
+		cmd.Stdin = strings.NewReader(script)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), errb.String(), code
+	}
+	marker := filepath.Join(state, "ran-twice")
+	out, errOut, code := run("exec --id first echo journal-one\nexec -b --id unfinished sh -c 'echo run >> " + marker + "; sleep 100'\n")
+	if code != 0 || out != "journal-one\nunfinished\n" || !strings.Contains(errOut, "journal: execs are journalled in "+state) {
+		t.Fatalf("session 1: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run("logs first\nwait unfinished\n")
+	if code != 125 || out != "journal-one\n" || !strings.Contains(errOut, "error: Aborted: exec unfinished was lost: ") {
+		t.Errorf("session 2: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, _, code = run("ps\n")
+	if code != 0 || !regexp.MustCompile(`(?m)^first\s+exited\s+\d+\s+0\s`).MatchString(out) || !regexp.MustCompile(`(?m)^unfinished\s+lost\s`).MatchString(out) {
+		t.Errorf("session 3 ps: exit %d:\n%s", code, out)
+	}
+	if b, _ := os.ReadFile(marker); string(b) != "run\n" {
+		t.Errorf("the unfinished exec ran %d times, want once", strings.Count(string(b), "run"))
+	}
+}
