@@ -59,7 +59,7 @@ func runLocal(ctx context.Context, stdio Stdio, args []string) int {
 	return repl.Run(ctx, repl.Config{
 		Backend: b, In: stdio.In, Out: stdio.Out, Err: stdio.Err, HistoryFile: *hist, Gone: sb.Gone(),
 		KeepFinished: *stateDir != "",
-		Prompt: "local> ",
-		Banner: "sailbox local sandbox (agent " + sb.Addr + "). Type help; try: exec uname -a. Ctrl-D or exit leaves.",
+		Prompt:       "local> ",
+		Banner:       "sailbox local sandbox (agent " + sb.Addr + "). Type help; try: exec uname -a. Ctrl-D or exit leaves.",
 	})
 }
