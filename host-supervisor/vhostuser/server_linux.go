@@ -129,8 +129,8 @@ func (s *Server) read() (Header, []byte, []int, error) {
 		for got := 0; got < len(b); {
 			n, oobn, flags, _, err := s.conn.ReadMsgUnix(b[got:], s.oob)
 			if oobn > 0 {
-				got, perr := parseRights(s.oob[:oobn])
-				fds = append(fds, got...)
+				rights, perr := parseRights(s.oob[:oobn])
+				fds = append(fds, rights...)
 				if perr != nil {
 					return perr
 				}

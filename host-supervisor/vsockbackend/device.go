@@ -131,6 +131,31 @@ type device struct {
 	hdr      [HeaderSize]byte
 
 	wg sync.WaitGroup
+
+	// warn's rate limit: a hostile guest must not flood the log.
+	warnSince            time.Time
+	warnCount, warnQuiet int
+}
+
+// warnPerSecond bounds the warnings one device logs per second.
+const warnPerSecond = 20
+
+// warn logs a warning about the guest, at most warnPerSecond a second.
+// Called with d.mu held.
+func (d *device) warn(msg string, args ...any) {
+	now := time.Now()
+	if now.Sub(d.warnSince) >= time.Second {
+		if d.warnQuiet > 0 {
+			d.log.Warn("vsock: warnings suppressed", "count", d.warnQuiet)
+		}
+		d.warnSince, d.warnCount, d.warnQuiet = now, 0, 0
+	}
+	if d.warnCount >= warnPerSecond {
+		d.warnQuiet++
+		return
+	}
+	d.warnCount++
+	d.log.Warn(msg, args...)
 }
 
 func newDevice(cid uint64, hybridPath string, log *slog.Logger, stats *Stats, fail func(error)) *device {
@@ -229,7 +254,7 @@ func (d *device) processTx() {
 		var ce *vhostuser.ChainError
 		if errors.As(err, &ce) {
 			d.stats.BadChains.Add(1)
-			d.log.Warn("vsock tx: bad descriptor chain", "err", err)
+			d.warn("vsock tx: bad descriptor chain", "err", err)
 			q.Push(ce.Head, 0)
 			continue
 		}
@@ -241,14 +266,14 @@ func (d *device) processTx() {
 		q.Push(d.txChain.Head, 0)
 	}
 	if err := q.Notify(); err != nil {
-		d.log.Warn("vsock tx: call eventfd", "err", err)
+		d.warn("vsock tx: call eventfd", "err", err)
 	}
 }
 
 func (d *device) handleTx(c *vhostuser.Chain) {
 	if c.RLen < HeaderSize {
 		d.stats.BadPackets.Add(1)
-		d.log.Warn("vsock tx: packet shorter than its header", "bytes", c.RLen)
+		d.warn("vsock tx: packet shorter than its header", "bytes", c.RLen)
 		return
 	}
 	c.ReadAt(d.hdr[:], 0)
@@ -257,7 +282,7 @@ func (d *device) handleTx(c *vhostuser.Chain) {
 	vc := d.conns[key]
 	if err := h.Validate(d.cid, c.RLen-HeaderSize); err != nil {
 		d.stats.BadPackets.Add(1)
-		d.log.Warn("vsock tx: invalid packet", "hdr", h.String(), "err", err)
+		d.warn("vsock tx: invalid packet", "hdr", h.String(), "err", err)
 		if h.SrcCID != d.cid || h.DstCID != HostCID || h.Op == OpRST {
 			return // not addressed as ours: nothing to reset
 		}
@@ -272,7 +297,7 @@ func (d *device) handleTx(c *vhostuser.Chain) {
 		switch h.Op {
 		case OpRequest:
 			if len(d.conns) >= maxConns {
-				d.log.Warn("vsock: too many connections, refusing a guest connect", "port", h.DstPort, "max", maxConns)
+				d.warn("vsock: too many connections, refusing a guest connect", "port", h.DstPort, "max", maxConns)
 				d.queueRST(key)
 				return
 			}
@@ -286,7 +311,7 @@ func (d *device) handleTx(c *vhostuser.Chain) {
 	vc.peerBufAlloc, vc.peerFwdCnt = h.BufAlloc, h.FwdCnt
 	switch h.Op {
 	case OpRequest:
-		d.log.Warn("vsock: REQUEST for an existing connection", "hdr", h.String())
+		d.warn("vsock: REQUEST for an existing connection", "hdr", h.String())
 		d.removeConn(vc, true)
 		return
 	case OpResponse:
@@ -306,7 +331,7 @@ func (d *device) handleTx(c *vhostuser.Chain) {
 		}
 		n := int(h.Len)
 		if n > len(vc.wbuf)-vc.wlen {
-			d.log.Warn("vsock: guest exceeded its credit", "hdr", h.String(), "buffered", vc.wlen)
+			d.warn("vsock: guest exceeded its credit", "hdr", h.String(), "buffered", vc.wlen)
 			d.removeConn(vc, true)
 			return
 		}
@@ -656,7 +681,7 @@ func (d *device) fillRx() {
 		var ce *vhostuser.ChainError
 		if errors.As(err, &ce) {
 			d.stats.BadChains.Add(1)
-			d.log.Warn("vsock rx: bad descriptor chain", "err", err)
+			d.warn("vsock rx: bad descriptor chain", "err", err)
 			q.Push(ce.Head, 0)
 			continue
 		}
@@ -667,7 +692,7 @@ func (d *device) fillRx() {
 		c := &d.rxChain
 		if c.WLen < HeaderSize {
 			d.stats.BadChains.Add(1)
-			d.log.Warn("vsock rx: buffer shorter than a header", "bytes", c.WLen)
+			d.warn("vsock rx: buffer shorter than a header", "bytes", c.WLen)
 			q.Push(c.Head, 0)
 			continue
 		}
@@ -733,7 +758,7 @@ func (d *device) fillRx() {
 
 func (d *device) notifyRx(q *vhostuser.Queue) {
 	if err := q.Notify(); err != nil {
-		d.log.Warn("vsock rx: call eventfd", "err", err)
+		d.warn("vsock rx: call eventfd", "err", err)
 	}
 }
 
