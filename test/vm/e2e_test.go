@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -184,6 +185,21 @@ func TestVMEndToEnd(t *testing.T) {
 	r, err = run(ctx, c, &agentv1.StartRequest{Command: "echo out; echo err >&2; exit 3"})
 	if err != nil || r.stdout != "out\n" || r.stderr != "err\n" || r.st.ExitCode != 3 {
 		t.Fatalf("stdout/stderr/exit: %+v %v", r, err)
+	}
+
+	// 2b. The same through the CLI: `host-supervisor exec --agent hvsock://...`
+	// streams output and exits with the remote code.
+	cli := filepath.Join(t.TempDir(), "host-supervisor")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", cli, "github.com/sailbox/sailbox/host-supervisor").CombinedOutput(); err != nil {
+		t.Fatalf("build host-supervisor: %v\n%s", err, out)
+	}
+	cmd := exec.CommandContext(ctx, cli, "exec", "--agent", v.AgentAddr(), "--", "uname -m; echo oops >&2; exit 7")
+	var cout, cerr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &cout, &cerr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 || cout.String() != "aarch64\n" || cerr.String() != "oops\n" {
+		t.Fatalf("host-supervisor exec: %v, stdout %q, stderr %q", err, cout.String(), cerr.String())
 	}
 
 	// 2a. A pty exec (devpts mounted by imageinit): stdout is the terminal.
