@@ -2,7 +2,9 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/sailbox/sailbox/host-supervisor/vm"
 	"google.golang.org/grpc/codes"
@@ -14,6 +16,7 @@ type QMP interface {
 	Stop(ctx context.Context) error
 	Cont(ctx context.Context) error
 	QueryStatus(ctx context.Context) (vm.Status, error)
+	Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error)
 }
 
 var _ QMP = (*vm.QMP)(nil)
@@ -92,12 +95,40 @@ func (v *QEMU) Status(ctx context.Context) (vm.Status, error) {
 	return st, opError(v.who(), "query-status", err)
 }
 
+// MigrationBlockers returns QEMU's own reasons why this VM cannot be
+// migrated, i.e. snapshotted (query-migrate's blocked-reasons, QEMU >= 6.0;
+// empty when nothing blocks).
+func (v *QEMU) MigrationBlockers(ctx context.Context) ([]string, error) {
+	raw, err := v.q.Execute(ctx, "query-migrate", nil)
+	if err != nil {
+		return nil, opError(v.who(), "query-migrate", err)
+	}
+	var info struct {
+		BlockedReasons []string `json:"blocked-reasons"`
+	}
+	if err := json.Unmarshal(raw, &info); err != nil {
+		return nil, status.Errorf(codes.Internal, "vmm %s: query-migrate: %v", v.who(), err)
+	}
+	return info.BlockedReasons, nil
+}
+
+// unsupported adds QEMU's blockers to the reason when it can get them.
+func (v *QEMU) unsupported(ctx context.Context, op string) error {
+	why := QEMUNoSnapshot
+	if v.q != nil {
+		if b, err := v.MigrationBlockers(ctx); err == nil && len(b) > 0 {
+			why += "; QEMU says: " + strings.Join(b, "; ")
+		}
+	}
+	return Unsupported(v.who(), op, why)
+}
+
 // Snapshot is not supported (see QEMUNoSnapshot).
 func (v *QEMU) Snapshot(ctx context.Context, path string) error {
-	return Unsupported(v.who(), "snapshot to "+path, QEMUNoSnapshot)
+	return v.unsupported(ctx, "snapshot to "+path)
 }
 
 // Restore is not supported (see QEMUNoSnapshot).
 func (v *QEMU) Restore(ctx context.Context, path string) error {
-	return Unsupported(v.who(), "restore from "+path, QEMUNoSnapshot)
+	return v.unsupported(ctx, "restore from "+path)
 }

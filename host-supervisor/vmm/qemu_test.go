@@ -55,6 +55,10 @@ func TestQEMUPauseResume(t *testing.T) {
 	if st, err := q.Status(ctx); err != nil || !st.Running {
 		t.Fatalf("after resume: %+v %v", st, err)
 	}
+	// No unmigratable device here: QEMU reports no blockers.
+	if b, err := q.MigrationBlockers(ctx); err != nil || len(b) != 0 {
+		t.Fatalf("migration blockers of an empty machine: %q %v", b, err)
+	}
 }
 
 func TestQEMUSnapshotUnsupported(t *testing.T) {
