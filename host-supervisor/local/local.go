@@ -115,35 +115,38 @@ func Start(ctx context.Context, o Options) (*Sandbox, error) {
 	}
 	defer logf.Close()
 
-	// The private /tmp would hide the socket if the directory were under it.
-	s.PrivateTmp = isolate && !within(s.Dir, "/tmp")
-	if isolate {
-		s.cmd = isolatedCommand(bin, args, s.PrivateTmp)
-	} else {
-		s.cmd = plainCommand(bin, args)
-	}
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.Env = agentEnv()
-	if err := s.start(); err != nil && isolate && isNamespaceDenied(err) {
-		// Root without the right to make namespaces (a restricted
-		// container): fall back to a plain child.
-		fmt.Fprintf(o.Notices, "note: cannot create namespaces (%v): running the agent as a plain child process\n", err)
-		isolate, s.PrivateTmp = false, false
-		s.cmd = plainCommand(bin, args)
+	launch := func(isolate bool) error {
+		// The private /tmp would hide the socket if the directory were under it.
+		s.PrivateTmp = isolate && !within(s.Dir, "/tmp")
+		if isolate {
+			s.cmd = isolatedCommand(bin, args, s.PrivateTmp)
+		} else {
+			s.cmd = plainCommand(bin, args)
+		}
 		s.cmd.Stdout, s.cmd.Stderr = logf, logf
 		s.cmd.Env = agentEnv()
-		err = s.start()
-		if err != nil {
-			return nil, fmt.Errorf("start agent %s: %w", bin, err)
+		if err := s.start(); err != nil {
+			s.cmd = nil
+			return fmt.Errorf("start agent %s: %w", bin, err)
 		}
-	} else if err != nil {
-		return nil, fmt.Errorf("start agent %s: %w", bin, err)
+		if err := s.waitReady(ctx, o.ReadyTimeout); err != nil {
+			s.stop()
+			return err
+		}
+		return nil
 	}
-	s.Isolated = isolate
-	if err := s.waitReady(ctx, o.ReadyTimeout); err != nil {
-		s.stop()
+	err = launch(isolate)
+	if err != nil && isolate && (isNamespaceDenied(err) || strings.Contains(err.Error(), initArg0+":")) {
+		// Root without the right to make namespaces or mounts (a restricted
+		// container): fall back to a plain child.
+		fmt.Fprintf(o.Notices, "note: cannot isolate the agent (%v): running it as a plain child process\n", firstLine(err))
+		isolate = false
+		err = launch(false)
+	}
+	if err != nil {
 		return nil, err
 	}
+	s.Isolated = isolate
 	if isolate {
 		tmp := ""
 		if s.PrivateTmp {
@@ -151,7 +154,14 @@ func Start(ctx context.Context, o Options) (*Sandbox, error) {
 		}
 		fmt.Fprintf(o.Notices, "local sandbox: agent isolated in new mount, PID, UTS and IPC namespaces (PID 1 there%s); the host's files are visible; freeze is confined to %s\n", tmp, s.FreezeRoot)
 	} else {
-		fmt.Fprintf(o.Notices, "note: not isolated (needs root): the agent runs as a plain child process with your user's view and rights on this machine; freeze is confined to %s\n", s.FreezeRoot)
+		why := "needs root"
+		switch {
+		case o.Plain:
+			why = "--plain"
+		case os.Geteuid() == 0:
+			why = "no namespaces here"
+		}
+		fmt.Fprintf(o.Notices, "note: not isolated (%s): the agent runs as a plain child process with your user's view and rights on this machine; freeze is confined to %s\n", why, s.FreezeRoot)
 	}
 	ok = true
 	return s, nil
@@ -214,6 +224,14 @@ func (s *Sandbox) logTail() string {
 	return "; agent log:\n" + strings.TrimRight(string(b), "\n")
 }
 
+func firstLine(err error) string {
+	m := err.Error()
+	if i := strings.IndexByte(m, '\n'); i >= 0 {
+		return m[:i]
+	}
+	return m
+}
+
 // Pid is the agent's process id (as seen from this process).
 func (s *Sandbox) Pid() int { return s.cmd.Process.Pid }
 
@@ -231,6 +249,9 @@ func (s *Sandbox) Close() error {
 // stop: SIGTERM (the agent kills its execs' process groups), SIGKILL after
 // a grace period, then whatever is still in the agent's session.
 func (s *Sandbox) stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
 	pid := s.cmd.Process.Pid
 	select {
 	case <-s.exited:

@@ -57,7 +57,7 @@ func commandTable() map[string]*command {
 		{name: "help", usage: "[COMMAND]", summary: "list the commands, or show one command's usage and an example",
 			example: "help exec", run: cmdHelp},
 		{name: "exec", usage: "[-b] [--cwd DIR] [--env K=V]... [--timeout DUR] [--id ID] COMMAND...",
-			summary: "run a shell command (/bin/sh -c) and stream its output; -b runs it in the background and prints its id; Ctrl-C interrupts it",
+			summary: "run a shell command (/bin/sh -c) and stream its output (stdin is empty: use shell for interactive programs); -b runs it in the background and prints its id; Ctrl-C interrupts it",
 			example: "exec uname -a   |   exec -b --id web python3 -m http.server 8080", args: argRemotePath,
 			flags: []string{"-b", "--background", "--cwd", "--env", "--timeout", "--id"}, run: cmdExec},
 		{name: "wait", usage: "ID", summary: "wait for an exec to finish and show its status", example: "wait web", args: argExecID, run: cmdWait},

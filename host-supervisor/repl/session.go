@@ -213,16 +213,27 @@ func (s *Session) interrupt() {
 	case raw:
 		// A shell session forwards the byte itself.
 	case id != "":
-		// The third Ctrl-C stops a command that ignores SIGINT.
+		// SIGINT to the remote process group. The third Ctrl-C sends
+		// SIGKILL and stops following it (a command that ignores SIGINT, or
+		// an agent that no longer answers, must not hold the prompt).
 		sig := syscall.SIGINT
 		if n >= 3 {
 			sig = syscall.SIGKILL
+			if cancel != nil {
+				defer cancel()
+			}
 		}
-		ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-		defer c()
-		if err := s.b.Signal(ctx, id, int(sig)); err != nil {
-			fmt.Fprintf(s.err, "\nerror: signal exec %s: %s\n", id, message(err))
-		}
+		go func() {
+			ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			// An exec that just ended refuses signals: nothing to say then.
+			if err := s.b.Signal(ctx, id, int(sig)); err != nil && (codeName(err) == codes.Unavailable.String() || codeName(err) == codes.DeadlineExceeded.String()) {
+				fmt.Fprintf(s.err, "\nerror: %s: signal exec %s: %s\n", codeName(err), id, message(err))
+				if cancel != nil {
+					cancel()
+				}
+			}
+		}()
 	case cancel != nil:
 		cancel()
 	}
