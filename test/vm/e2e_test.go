@@ -30,6 +30,7 @@ type artefacts struct {
 	kernel     vm.Kernel
 	withAgent  string // initramfs: imageinit + guest-agent + busybox + vsock modules
 	bareInit   string // initramfs: imageinit + busybox + vsock modules, no agent
+	cli        string // host-supervisor for this machine
 	buildTimes string
 }
 
@@ -59,8 +60,12 @@ func prepare(t testing.TB) artefacts {
 	if err := vm.BuildArm64(ctx, "github.com/sailbox/sailbox/guest-agent", agentBin); err != nil {
 		t.Fatal(err)
 	}
+	cli := filepath.Join(dir, "host-supervisor")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", cli, "github.com/sailbox/sailbox/host-supervisor").CombinedOutput(); err != nil {
+		t.Fatalf("build host-supervisor: %v\n%s", err, out)
+	}
 	built := time.Since(start) - fetched
-	a := artefacts{kernel: k, withAgent: filepath.Join(dir, "agent.cpio"), bareInit: filepath.Join(dir, "bare.cpio")}
+	a := artefacts{kernel: k, cli: cli, withAgent: filepath.Join(dir, "agent.cpio"), bareInit: filepath.Join(dir, "bare.cpio")}
 	img := vm.Image{Init: initBin, Agent: agentBin, Busybox: bb, Kernel: k, Modules: append(append([]string{}, vm.VsockModules...), vm.AgentModules...), Hostname: "e2e"}
 	if err := vm.BuildInitramfs(a.withAgent, img); err != nil {
 		t.Fatal(err)
@@ -187,13 +192,9 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatalf("stdout/stderr/exit: %+v %v", r, err)
 	}
 
-	// 2b. The same through the CLI: `host-supervisor exec --agent hvsock://...`
+	// 2a. The same through the CLI: `host-supervisor exec --agent hvsock://...`
 	// streams output and exits with the remote code.
-	cli := filepath.Join(t.TempDir(), "host-supervisor")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", cli, "github.com/sailbox/sailbox/host-supervisor").CombinedOutput(); err != nil {
-		t.Fatalf("build host-supervisor: %v\n%s", err, out)
-	}
-	cmd := exec.CommandContext(ctx, cli, "exec", "--agent", v.AgentAddr(), "--", "uname -m; echo oops >&2; exit 7")
+	cmd := exec.CommandContext(ctx, a.cli, "exec", "--agent", v.AgentAddr(), "--", "uname -m; echo oops >&2; exit 7")
 	var cout, cerr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &cout, &cerr
 	err = cmd.Run()
@@ -202,7 +203,7 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatalf("host-supervisor exec: %v, stdout %q, stderr %q", err, cout.String(), cerr.String())
 	}
 
-	// 2a. A pty exec (devpts mounted by imageinit): stdout is the terminal.
+	// 2b. A pty exec (devpts mounted by imageinit): stdout is the terminal.
 	r, err = run(ctx, c, &agentv1.StartRequest{Command: "tty; stty size", Tty: true, Rows: 33, Cols: 101})
 	if err != nil || !strings.HasPrefix(r.stdout, "/dev/pts/") || !strings.Contains(r.stdout, "33 101") {
 		t.Fatalf("tty exec: %+v %v", r, err)
