@@ -49,3 +49,15 @@ func (c *Client) Resume(ctx context.Context, req *agentv1.ResumeRequest) (resp *
 	})
 	return resp, err
 }
+
+// Disconnect drops the current connection (if any); the next call redials.
+// After a VM restore the old links lead nowhere: dropping them at once beats
+// waiting for a call to fail on them.
+func (c *Client) Disconnect() {
+	c.mu.Lock()
+	cn := c.conn
+	c.mu.Unlock()
+	if cn != nil {
+		c.drop(cn)
+	}
+}

@@ -27,6 +27,10 @@ type Journal interface {
 	RestoreGeneration(sandbox string, gen uint64) (lost []string, err error)
 }
 
+// Disconnecter is an agent client that can drop its connection and redial
+// on the next call (agentclient.Client).
+type Disconnecter interface{ Disconnect() }
+
 // State is a sandbox's run state as the lifecycle sees it.
 type State int
 
@@ -288,7 +292,11 @@ func (s *Sandbox) restoreLocked(ctx context.Context, op string, o RestoreOptions
 	}
 	s.state = Running
 	rep := &RestoreReport{Generation: gen}
-	// The agent client redials: the restored guest's vsock links are new.
+	// Reconnect: the restored guest knows none of the old vsock links, so
+	// drop ours now rather than wait for it to fail; the client redials.
+	if d, ok := s.cfg.Agent.(Disconnecter); ok {
+		d.Disconnect()
+	}
 	resp, rerr := s.resumeAgent(ctx, gen, o.Identity)
 	rep.Resume = resp
 	lost, jerr := s.cfg.Journal.RestoreGeneration(s.cfg.ID, gen)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	"github.com/sailbox/sailbox/host-supervisor/daemon"
 	"github.com/sailbox/sailbox/host-supervisor/lifecycle"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
@@ -89,3 +90,5 @@ func TestRestoreLosesExecsInTheDaemonJournal(t *testing.T) {
 		t.Fatalf("get of a sandbox without VMM: %v", err)
 	}
 }
+
+var _ lifecycle.Disconnecter = (*agentclient.Client)(nil)

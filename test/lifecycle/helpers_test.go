@@ -139,11 +139,12 @@ func (a *agentProc) client(t testing.TB, addr string) *agentclient.Client {
 // resetProxy forwards a unix socket to the agent and can reset every
 // connection at once, as a snapshot does to vsock connections.
 type resetProxy struct {
-	path   string
-	mu     sync.Mutex
-	pairs  map[net.Conn]net.Conn // client side -> agent side, while open
-	resets int
-	cut    int // connections cut by resets
+	path     string
+	mu       sync.Mutex
+	pairs    map[net.Conn]net.Conn // client side -> agent side, while open
+	resets   int
+	cut      int // connections cut by resets
+	accepted int
 }
 
 func newResetProxy(t *testing.T, target string) *resetProxy {
@@ -167,6 +168,7 @@ func newResetProxy(t *testing.T, target string) *resetProxy {
 			}
 			p.mu.Lock()
 			p.pairs[c] = up
+			p.accepted++
 			p.mu.Unlock()
 			end := func() {
 				c.Close()
@@ -197,6 +199,12 @@ func (p *resetProxy) ResetAll() int {
 	p.resets++
 	p.cut += n
 	return n
+}
+
+func (p *resetProxy) connections() (accepted, open int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted, len(p.pairs)
 }
 
 func (p *resetProxy) stats() (resets, cut int) {

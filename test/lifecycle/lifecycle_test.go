@@ -289,6 +289,36 @@ func TestRestoreMarksLaterExecsLost(t *testing.T) {
 	}
 }
 
+// Restore drops the agent connection itself (the restored guest knows none
+// of the old links) even when the VMM does not cut it: the Resume goes over
+// a new connection.
+func TestRestoreReconnects(t *testing.T) {
+	r := newRig(t, true)
+	r.vmm.onReset = nil
+	ctx := ctxT(t)
+	path := filepath.Join(t.TempDir(), "snap")
+	if _, err := r.sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	if acc, open := r.proxy.connections(); acc != 1 || open != 1 {
+		t.Fatalf("before restore: %d accepted, %d open", acc, open)
+	}
+	if _, err := r.sb.Restore(ctx, lifecycle.RestoreOptions{Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		acc, open := r.proxy.connections()
+		if acc == 2 && open == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after restore: %d accepted, %d open (want a new connection replacing the old)", acc, open)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A Resume the guest refuses (a generation older than the one it applied)
 // still updates the journal: the VM was restored either way.
 func TestRestoreJournalsEvenWhenResumeFails(t *testing.T) {
