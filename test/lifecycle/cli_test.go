@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sailbox/sailbox/internal/agenttest"
 	"github.com/sailbox/sailbox/internal/testcap"
@@ -92,4 +93,62 @@ func TestCLILifecycleVerbs(t *testing.T) {
 	cli(t, "checkpoint", "--agent", a.addr).want(t, 125, "error: InvalidArgument: no VMM")
 	cli(t, "restore", "--agent", a.addr, "--qmp", qmp).want(t, 125, "error: InvalidArgument: restore: give --path")
 	cli(t, "pause", "--qmp", filepath.Join(t.TempDir(), "none.sock"), "--timeout", "1s").want(t, 125, "error: Unavailable: vmm qemu")
+}
+
+// startServe runs the durable daemon (`host-supervisor serve`) and returns
+// its control API address.
+func startServe(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	api := "unix://" + filepath.Join(dir, "api.sock")
+	cmd := exec.Command(agenttest.Supervisor(t), "serve", "--state-dir", filepath.Join(dir, "state"), "--api", api)
+	cmd.Env = agenttest.Env()
+	var logb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logb, &logb
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logb.String())
+		}
+	})
+	for i := 0; ; i++ {
+		if r := cli(t, "sandbox", "list", "--supervisor", api); r.code == 0 {
+			return api
+		} else if i > 200 {
+			t.Fatalf("daemon not answering: %+v", r)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// Through the daemon: the checkpoint's generation is journalled by the
+// daemon, and resume sends the journalled generation.
+func TestCLILifecycleThroughDaemon(t *testing.T) {
+	a := startAgent(t)
+	qmp := emptyQEMU(t)
+	api := startServe(t)
+	cli(t, "sandbox", "add", "--supervisor", api, "--id", "sb", "--agent", a.addr).want(t, 0)
+	via := []string{"--supervisor", api, "--sandbox", "sb"}
+
+	cli(t, append([]string{"checkpoint", "--qmp", qmp}, via...)...).want(t, 0, "checkpoint generation 1")
+	cli(t, append([]string{"checkpoint", "--qmp", qmp}, via...)...).want(t, 0, "checkpoint generation 2")
+	list := cli(t, "sandbox", "list", "--supervisor", api)
+	list.want(t, 0)
+	if f := strings.Fields(lastLine(list.out)); len(f) < 3 || f[0] != "sb" || f[2] != "2" {
+		t.Fatalf("sandbox list after two checkpoints:\n%s", list.out)
+	}
+	cli(t, append([]string{"freeze"}, via...)...).want(t, 0, "frozen:")
+	cli(t, append([]string{"thaw"}, via...)...).want(t, 0, "thawed:")
+	cli(t, append([]string{"resume", "--qmp", qmp}, via...)...).want(t, 0, "vm resumed", "guest: generation 2 (was 0)")
+	cli(t, append([]string{"restore", "--qmp", qmp, "--path", "/x"}, via...)...).want(t, 125, "error: Unimplemented: vmm qemu")
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
 }
