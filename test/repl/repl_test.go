@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/creack/pty"
 	"github.com/sailbox/sailbox/internal/agenttest"
@@ -57,6 +58,21 @@ func TestReplInPty(t *testing.T) {
 	if strings.Contains(tm.screen(), "\nnot-interrupted") {
 		t.Error("the shell went on after Ctrl-C")
 	}
+	// A command that ignores SIGINT: the third Ctrl-C kills it and gives
+	// the prompt back.
+	tm.send("exec trap '' INT; sleep 31\r")
+	waitFor(t, "sleep 31 runs under the agent", func() bool {
+		sleeper = findProc(descendants(t, a.Cmd.Process.Pid), "sleep 31")
+		return sleeper != nil
+	})
+	for range 3 {
+		// Paced like a person: signals pending at once merge into one.
+		tm.send("\x03")
+		time.Sleep(300 * time.Millisecond)
+	}
+	tm.expect(`(error: Canceled: interrupted|\[killed by signal 9 \(KILL\)\])\nsailbox> *$`)
+	waitFor(t, "sleep 31 is killed", func() bool { return !alive(sleeper.pid) })
+
 	// Ctrl-C during a command without a remote process (wait) cancels it.
 	tm.send("exec -b --id long sleep 60\r")
 	tm.expect(`long\n`)
