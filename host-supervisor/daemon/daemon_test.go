@@ -19,14 +19,14 @@ import (
 )
 
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	cfg   Config
 	d     *Daemon
 	agent *agenttest.Agent
 }
 
-func newFixture(t *testing.T, mod func(*Config)) *fixture {
+func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	f := &fixture{t: t, dir: t.TempDir(), agent: agenttest.Start(t)}
 	f.cfg = Config{StateDir: f.dir}
 	if mod != nil {
@@ -184,11 +184,13 @@ func TestIdempotencyKey(t *testing.T) {
 
 // A restart in the middle of a streaming exec re-attaches at the journalled
 // offsets; bytes past them in the file (never journalled) are cut, so the
-// output is exact.
+// output is exact. Stdout is large (a file), stderr small (inline in the
+// journal).
 func TestReattachAfterRestart(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.FlushInterval = 20 * time.Millisecond })
-	f.start("seq", "for i in $(seq 1 40); do echo line $i; echo e$i >&2; sleep 0.02; done")
-	time.Sleep(300 * time.Millisecond)
+	pad := strings.Repeat("x", 6000)
+	f.start("seq", "for i in $(seq 1 40); do echo line $i "+pad+"; echo e$i >&2; sleep 0.02; done")
+	time.Sleep(400 * time.Millisecond)
 	f.d.Close()
 	f.d = nil
 	// Bytes a crash left past the journalled offset.
@@ -203,11 +205,14 @@ func TestReattachAfterRestart(t *testing.T) {
 	out, errOut, final := f.output("seq")
 	var want, wantErr strings.Builder
 	for i := 1; i <= 40; i++ {
-		fmt.Fprintf(&want, "line %d\n", i)
+		fmt.Fprintf(&want, "line %d %s\n", i, pad)
 		fmt.Fprintf(&wantErr, "e%d\n", i)
 	}
 	if out != want.String() || errOut != wantErr.String() || final.State != execstore.Exited {
-		t.Fatalf("after re-attach:\n%q\n%q\n%v", out, errOut, final)
+		t.Fatalf("after re-attach: %d bytes stdout (want %d), stderr %q, %v", len(out), want.Len(), errOut, final)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "out", "seq.stderr")); !os.IsNotExist(err) {
+		t.Fatalf("small stderr has a file: %v", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -157,16 +158,11 @@ func (d *Daemon) StartExec(ctx context.Context, req *supervisorv1.StartExecReque
 	st, err := d.startOnAgent(sctx, sb, rec)
 	switch {
 	case err == nil:
-		l.mu.Lock()
-		l.rec.State = execstore.Running // journalled by the copier
-		l.mu.Unlock()
-		d.spawn(func() {
-			if l.journalRun(st) {
-				d.follow(l, reasonLinkBeforeAck)
-			} else {
-				d.retire(l)
-			}
-		})
+		// Running is journalled with the next commit (a flush within
+		// FlushInterval, or the exit): a crash before it is resolved by
+		// asking the agent, like any accepted record.
+		l.setStarted(st)
+		d.spawn(func() { d.follow(l, reasonLinkBeforeAck) })
 		return &supervisorv1.StartExecResponse{Record: l.view(), Created: true}, nil
 	case errors.Is(err, errAmbiguous):
 		// The agent may or may not have it: the copier asks (never resends).
@@ -274,6 +270,10 @@ func (d *Daemon) WaitExec(ctx context.Context, sandbox, id string) (*execstore.R
 // OutputChunkSize is the largest data chunk sent in one message.
 const OutputChunkSize = 1 << 20
 
+// chunkPool recycles read buffers: most output requests read a few bytes,
+// and a fresh MiB per request costs more than the request.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, OutputChunkSize); return &b }}
+
 // ExecOutput sends the stored output from the requested offsets. With
 // follow it keeps sending until the exec is final and everything is sent,
 // then sends a chunk with the final record.
@@ -284,17 +284,6 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 	}
 	offsets := [2]uint64{req.StdoutOffset, req.StderrOffset}
 	streams := [2]agentv1.Stream{agentv1.Stream_STREAM_STDOUT, agentv1.Stream_STREAM_STDERR}
-	var files [2]*os.File
-	for i, name := range []string{"stdout", "stderr"} {
-		f, err := os.Open(d.outPath(req.Id, name))
-		if err != nil && !os.IsNotExist(err) {
-			return status.Errorf(codes.Internal, "exec %s: open %s: %v", req.Id, name, err)
-		}
-		if f != nil {
-			defer f.Close()
-		}
-		files[i] = f
-	}
 	kept := func(r *execstore.Record) [2]uint64 {
 		return [2]uint64{r.GetStdout().GetKept(), r.GetStderr().GetKept()}
 	}
@@ -303,7 +292,28 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 			return status.Errorf(codes.OutOfRange, "exec %s: %s offset %d is past the end of the output (%d bytes)", req.Id, streams[i], offsets[i], k)
 		}
 	}
-	buf := make([]byte, OutputChunkSize)
+	var stored *storedOutput // once the exec is no longer live
+	defer func() {
+		if stored != nil {
+			stored.close()
+		}
+	}()
+	settle := func() error {
+		l = nil
+		if r, err = d.store.Get(req.Id); err != nil {
+			return err
+		}
+		stored, err = d.openStored(req.Id)
+		return err
+	}
+	if l == nil {
+		if err := settle(); err != nil {
+			return err
+		}
+	}
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := *bp
 	for {
 		var changed, done <-chan struct{}
 		if l != nil {
@@ -315,11 +325,24 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 		}
 		limits := kept(r)
 		sent := false
-		for i := range files {
-			if offsets[i] >= limits[i] || files[i] == nil {
+		for i := range offsets {
+			if offsets[i] >= limits[i] {
 				continue
 			}
-			n, err := files[i].ReadAt(buf[:min(uint64(len(buf)), limits[i]-offsets[i])], int64(offsets[i]))
+			var n int
+			var err error
+			if l != nil {
+				n, err = l.readAt(i, buf, offsets[i])
+			} else {
+				n, err = stored.readAt(i, buf[:min(uint64(len(buf)), limits[i]-offsets[i])], offsets[i])
+			}
+			if errors.Is(err, errRetired) {
+				if err := settle(); err != nil {
+					return err
+				}
+				sent = true // read again from the stored output
+				break
+			}
 			if n > 0 {
 				if err := send(&supervisorv1.ExecOutputChunk{Stream: streams[i], Offset: offsets[i], Data: buf[:n]}); err != nil {
 					return err
@@ -334,6 +357,21 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 		if sent {
 			continue
 		}
+		if l != nil {
+			select {
+			case <-done:
+				if r = l.view(); !execstore.IsFinal(r.State) {
+					// The copier stopped without an end: ask the journal.
+					if err := settle(); err != nil {
+						return err
+					}
+				}
+				if k := kept(r); offsets[0] < k[0] || offsets[1] < k[1] {
+					continue // output that arrived with the end
+				}
+			default:
+			}
+		}
 		if !req.Follow {
 			return nil
 		}
@@ -346,12 +384,56 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 		select {
 		case <-changed:
 		case <-done:
-			l = nil
-			if r, err = d.store.Get(req.Id); err != nil {
-				return err
-			}
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+// storedOutput reads the output of an exec that is no longer live: inline
+// from the journal, or from its files.
+type storedOutput struct {
+	inline execstore.Output
+	files  [2]*os.File
+}
+
+func (d *Daemon) openStored(id string) (*storedOutput, error) {
+	in, err := d.store.InlineOutput(id)
+	if err != nil {
+		return nil, err
+	}
+	s := &storedOutput{inline: in}
+	for i, name := range []string{"stdout", "stderr"} {
+		if in.Has[i] {
+			continue
+		}
+		f, err := os.Open(d.outPath(id, name))
+		if err != nil && !os.IsNotExist(err) {
+			s.close()
+			return nil, status.Errorf(codes.Internal, "exec %s: open %s: %v", id, name, err)
+		}
+		s.files[i] = f
+	}
+	return s, nil
+}
+
+func (s *storedOutput) readAt(i int, p []byte, off uint64) (int, error) {
+	if s.inline.Has[i] {
+		if off >= uint64(len(s.inline.Data[i])) {
+			return 0, io.EOF
+		}
+		return copy(p, s.inline.Data[i][off:]), nil
+	}
+	if s.files[i] == nil {
+		return 0, io.EOF
+	}
+	return s.files[i].ReadAt(p, int64(off))
+}
+
+func (s *storedOutput) close() {
+	for _, f := range s.files {
+		if f != nil {
+			f.Close()
 		}
 	}
 }

@@ -26,70 +26,47 @@ type liveExec struct {
 	ctx context.Context
 	// abort stops the copier (RestoreGeneration already journalled the end).
 	abort context.CancelFunc
-	done  chan struct{} // closed once the record is final (or the daemon stops)
+	done  chan struct{} // closed once the copier ended (the record is final unless the daemon stopped)
 
 	mu      sync.Mutex
 	rec     *execstore.Record // last journalled record, with live state
-	streams [2]*streamFile
+	streams [2]*streamStore
 	changed chan struct{} // closed and replaced when output arrives
 	flushed execstore.Progress
+	// runJournalled: the journal says running (or more); until then the
+	// next commit carries the Run transition too.
+	runJournalled bool
+	started       execstore.Started
+	startedAt     time.Time
+	retireOnce    sync.Once
 }
 
-// streamFile is one output stream's file.
-type streamFile struct {
-	f      *os.File
-	offset uint64 // consumed from the agent
-	kept   uint64 // stored in the file
-	cut    bool   // the cap dropped bytes
-	cap    uint64
-	synced uint64 // kept at the last fsync
-}
-
-// newLive registers an unfinished record. For a recovered record the output
-// files are cut back to the journalled sizes (bytes past them were never
-// journalled and will be copied again from the agent).
+// newLive registers an unfinished record and prepares its output streams.
 func (d *Daemon) newLive(sb *sandbox.Sandbox, r *execstore.Record, fresh bool) (*liveExec, error) {
 	ctx, cancel := context.WithCancel(sb.Context())
-	l := &liveExec{d: d, id: r.Id, sb: sb, ctx: ctx, abort: cancel, done: make(chan struct{}), rec: r, changed: make(chan struct{})}
+	l := &liveExec{
+		d: d, id: r.Id, sb: sb, ctx: ctx, abort: cancel, done: make(chan struct{}), rec: r, changed: make(chan struct{}),
+		runJournalled: r.State != execstore.Accepted,
+	}
+	var inline execstore.Output
+	if !fresh {
+		var err error
+		if inline, err = d.store.InlineOutput(r.Id); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	offsets := [2]uint64{r.StdoutOffset, r.StderrOffset}
-	infos := [2]uint64{r.GetStdout().GetKept(), r.GetStderr().GetKept()}
+	kept := [2]uint64{r.GetStdout().GetKept(), r.GetStderr().GetKept()}
+	cut := [2]bool{r.GetStdout().GetTruncated(), r.GetStderr().GetTruncated()}
 	for i, name := range []string{"stdout", "stderr"} {
-		flags := os.O_RDWR | os.O_CREATE
-		if fresh {
-			flags |= os.O_TRUNC
-		}
-		f, err := os.OpenFile(d.outPath(r.Id, name), flags, 0o600)
+		s, err := openStream(fresh, d.outPath(r.Id, name), offsets[i], kept[i], cut[i], d.cfg.OutputCap, inline.Data[i], inline.Has[i])
 		if err != nil {
 			l.close()
 			cancel()
-			return nil, fmt.Errorf("exec %s: %s file: %w", r.Id, name, err)
+			return nil, fmt.Errorf("exec %s: %s: %w", r.Id, name, err)
 		}
-		sf := &streamFile{f: f, offset: offsets[i], kept: infos[i], cap: d.cfg.OutputCap}
-		l.streams[i] = sf
-		fi, err := f.Stat()
-		if err != nil {
-			l.close()
-			cancel()
-			return nil, fmt.Errorf("exec %s: %s file: %w", r.Id, name, err)
-		}
-		switch size := uint64(fi.Size()); {
-		case size > sf.kept:
-			if err := f.Truncate(int64(sf.kept)); err != nil {
-				l.close()
-				cancel()
-				return nil, fmt.Errorf("exec %s: cut %s back to the journalled %d bytes: %w", r.Id, name, sf.kept, err)
-			}
-		case size < sf.kept:
-			// Cannot happen when fsync is honest (files are synced before their
-			// offsets are journalled); resume from what is there if we can.
-			d.log.Error("output file shorter than journalled", "exec", r.Id, "stream", name, "size", size, "journalled", sf.kept)
-			if sf.offset == sf.kept {
-				sf.offset = size
-			}
-			sf.kept = size
-		}
-		sf.synced = sf.kept
-		sf.cut = i == 0 && r.GetStdout().GetTruncated() || i == 1 && r.GetStderr().GetTruncated()
+		l.streams[i] = s
 	}
 	l.flushed = l.progressLocked()
 	d.mu.Lock()
@@ -99,9 +76,11 @@ func (d *Daemon) newLive(sb *sandbox.Sandbox, r *execstore.Record, fresh bool) (
 }
 
 func (l *liveExec) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, s := range l.streams {
 		if s != nil {
-			s.f.Close()
+			s.close()
 		}
 	}
 }
@@ -116,12 +95,15 @@ func (l *liveExec) progressLocked() execstore.Progress {
 }
 
 // view returns the record as it stands now (journalled fields plus the
-// live copy progress).
+// live state and copy progress).
 func (l *liveExec) view() *execstore.Record {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := proto.Clone(l.rec).(*execstore.Record)
-	if !execstore.IsFinal(r.State) && r.State == execstore.Running {
+	if r.State == execstore.Accepted && l.started.Pid != 0 {
+		execstore.Run(r, l.started)
+	}
+	if r.State == execstore.Running {
 		execstore.Advance(r, l.progressLocked())
 	}
 	return r
@@ -130,7 +112,28 @@ func (l *liveExec) view() *execstore.Record {
 func (l *liveExec) setRecord(r *execstore.Record) {
 	l.mu.Lock()
 	l.rec = r
+	if r.State != execstore.Accepted {
+		l.runJournalled = true
+	}
 	l.mu.Unlock()
+}
+
+// setStarted records the agent's acknowledgement (journalled with the next commit).
+func (l *liveExec) setStarted(st *agentv1.ExecStatus) {
+	l.mu.Lock()
+	l.started = execstore.Started{Pid: st.GetPid(), StartedNano: st.GetStartedUnixNano()}
+	l.startedAt = time.Now()
+	if l.started.Pid == 0 {
+		l.started.Pid = -1 // acknowledged, pid unknown
+	}
+	l.mu.Unlock()
+}
+
+// readAt reads stored output of stream i.
+func (l *liveExec) readAt(i int, p []byte, off uint64) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.streams[i].readAt(p, off)
 }
 
 // writer is the io.Writer CopyOutput feeds for one stream.
@@ -143,20 +146,10 @@ func (w writer) Write(p []byte) (int, error) {
 	l := w.l
 	l.mu.Lock()
 	s := l.streams[w.i]
-	n := uint64(len(p))
-	k := uint64(0)
-	if s.kept < s.cap {
-		k = min(s.cap-s.kept, n)
-		if _, err := s.f.WriteAt(p[:k], int64(s.kept)); err != nil {
-			l.mu.Unlock()
-			return 0, fmt.Errorf("exec %s: store output: %w", l.id, err)
-		}
-		s.kept += k
+	if err := s.write(p); err != nil {
+		l.mu.Unlock()
+		return 0, fmt.Errorf("exec %s: %w", l.id, err)
 	}
-	if k < n {
-		s.cut = true
-	}
-	s.offset += n
 	journalled := l.flushed.StdoutOffset
 	if w.i == 1 {
 		journalled = l.flushed.StderrOffset
@@ -175,32 +168,87 @@ func (w writer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// sync makes the output files durable up to their current sizes and
-// returns the progress that is now safe to journal.
-func (l *liveExec) sync() (execstore.Progress, error) {
+// sync makes the stored output durable up to now: spilled streams are
+// fsynced; small ones are returned to go into the journal commit. The
+// progress returned is what that commit may record.
+func (l *liveExec) sync() (execstore.Progress, execstore.Output, error) {
 	l.mu.Lock()
 	p := l.progressLocked()
-	var need []*streamFile
-	for _, s := range l.streams {
-		if s.kept > s.synced {
-			need = append(need, s)
+	var out execstore.Output
+	var need []*os.File
+	for i, s := range l.streams {
+		if s.f == nil {
+			out.Data[i], out.Has[i] = append([]byte(nil), s.mem...), true
+		} else if s.kept > s.synced {
+			need = append(need, s.f)
 		}
 	}
 	l.mu.Unlock()
-	for _, s := range need {
-		if err := s.f.Sync(); err != nil {
-			return p, fmt.Errorf("exec %s: fsync output: %w", l.id, err)
+	for _, f := range need {
+		if err := f.Sync(); err != nil {
+			return p, out, fmt.Errorf("exec %s: fsync output: %w", l.id, err)
 		}
 	}
 	l.mu.Lock()
 	l.streams[0].synced = max(l.streams[0].synced, p.StdoutKept)
 	l.streams[1].synced = max(l.streams[1].synced, p.StderrKept)
 	l.mu.Unlock()
-	return p, nil
+	return p, out, nil
 }
 
-// flusher journals the progress of running execs every FlushInterval, or
-// sooner when one has FlushBytes unjournalled; all in one batched commit.
+// commit journals f (a transition) with the output so far, after the Run
+// transition when the agent's acknowledgement is not journalled yet.
+func (l *liveExec) commit(f func(r *execstore.Record, p execstore.Progress) error) (*execstore.Record, error) {
+	p, out, err := l.sync()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	started, needRun := l.started, !l.runJournalled && l.started.Pid != 0
+	l.mu.Unlock()
+	r, err := l.d.store.UpdateOutput(l.id, out, func(r *execstore.Record) error {
+		if needRun && r.State == execstore.Accepted {
+			if err := execstore.Run(r, started); err != nil {
+				return err
+			}
+		}
+		return f(r, p)
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	// Commits of one exec can share a batch and return in any order: never
+	// let an earlier one overwrite a final record.
+	if !execstore.IsFinal(l.rec.State) {
+		l.rec = r
+	}
+	if r.State != execstore.Accepted {
+		l.runJournalled = true
+	}
+	if p.StdoutOffset >= l.flushed.StdoutOffset && p.StderrOffset >= l.flushed.StderrOffset {
+		l.flushed = p
+	}
+	l.mu.Unlock()
+	return r, nil
+}
+
+// dirty reports whether the journal lags behind (l.mu held).
+func (l *liveExec) dirtyLocked() bool {
+	if execstore.IsFinal(l.rec.State) {
+		return false
+	}
+	if !l.runJournalled {
+		// Short execs journal running together with their exit; a longer
+		// one gets it within about one interval.
+		return l.started.Pid != 0 && (time.Since(l.startedAt) >= l.d.cfg.FlushInterval || l.progressLocked() != l.flushed)
+	}
+	return l.progressLocked() != l.flushed
+}
+
+// flusher journals the state and progress of running execs every
+// FlushInterval, or sooner when one has FlushBytes unjournalled; all in one
+// batched commit.
 func (d *Daemon) flusher() {
 	defer d.wg.Done()
 	t := time.NewTicker(d.cfg.FlushInterval)
@@ -216,7 +264,7 @@ func (d *Daemon) flusher() {
 		var dirty []*liveExec
 		for _, l := range d.live {
 			l.mu.Lock()
-			if l.rec.State == execstore.Running && l.progressLocked() != l.flushed {
+			if l.dirtyLocked() {
 				dirty = append(dirty, l)
 			}
 			l.mu.Unlock()
@@ -235,24 +283,15 @@ func (d *Daemon) flusher() {
 }
 
 func (l *liveExec) flush() {
-	p, err := l.sync()
-	if err != nil {
-		l.d.log.Error("flush output", "exec", l.id, "err", err)
-		return
-	}
-	r, err := l.d.store.Update(l.id, func(r *execstore.Record) error { return execstore.Advance(r, p) })
-	if err != nil {
-		if status.Code(err) != codes.FailedPrecondition { // finished meanwhile: fine
-			l.d.log.Error("journal output progress", "exec", l.id, "err", err)
+	_, err := l.commit(func(r *execstore.Record, p execstore.Progress) error {
+		if r.State != execstore.Running {
+			return nil // accepted with no acknowledgement yet, or final: nothing to record
 		}
-		return
+		return execstore.Advance(r, p)
+	})
+	if err != nil {
+		l.d.log.Error("journal output progress", "exec", l.id, "err", err)
 	}
-	l.mu.Lock()
-	if !execstore.IsFinal(l.rec.State) {
-		l.rec = r
-	}
-	l.flushed = p
-	l.mu.Unlock()
 }
 
 // follow drives an unfinished exec to its end: resolve an accepted record,
@@ -330,28 +369,24 @@ func isLocalWrite(err error) bool {
 
 // journalRun moves the record to running (the agent acknowledged it).
 func (l *liveExec) journalRun(st *agentv1.ExecStatus) bool {
-	r, err := l.d.store.Update(l.id, func(r *execstore.Record) error {
-		return execstore.Run(r, execstore.Started{Pid: st.GetPid(), StartedNano: st.GetStartedUnixNano()})
-	})
-	if err != nil {
+	l.setStarted(st)
+	if _, err := l.commit(func(r *execstore.Record, p execstore.Progress) error { return nil }); err != nil {
 		l.d.log.Error("journal running", "exec", l.id, "err", err)
 		l.stopped()
 		return false
 	}
-	l.setRecord(r)
 	return true
 }
 
-// finish journals the final status with the output (fsynced first) and
-// releases the agent's copy.
+// finish journals the final status with the output (fsynced or inline) and
+// then releases the agent's copy.
 func (l *liveExec) finish(final *agentv1.ExecStatus) {
-	p, err := l.sync()
-	if err != nil {
-		l.d.log.Error("finish", "exec", l.id, "err", err)
-		l.stopped()
-		return
+	l.mu.Lock()
+	if l.started.Pid == 0 {
+		l.started = execstore.Started{Pid: final.Pid, StartedNano: final.StartedUnixNano}
 	}
-	r, err := l.d.store.Update(l.id, func(r *execstore.Record) error { return execstore.Exit(r, final, p) })
+	l.mu.Unlock()
+	_, err := l.commit(func(r *execstore.Record, p execstore.Progress) error { return execstore.Exit(r, final, p) })
 	if err != nil {
 		if status.Code(err) != codes.FailedPrecondition {
 			l.d.log.Error("journal exit", "exec", l.id, "err", err)
@@ -359,12 +394,15 @@ func (l *liveExec) finish(final *agentv1.ExecStatus) {
 			return
 		}
 		// Ended meanwhile (RestoreGeneration): keep what the journal says.
-		if r, err = l.d.store.Get(l.id); err != nil {
+		r, err := l.d.store.Get(l.id)
+		if err != nil {
 			l.stopped()
 			return
 		}
+		l.setRecord(r)
 	}
-	l.setRecord(r)
+	// The result is durable: answer the waiters before talking to the agent again.
+	l.d.retire(l)
 	rctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	if err := l.sb.Client.Release(rctx, l.id); err != nil && status.Code(err) != codes.NotFound {
 		l.d.log.Debug("release on agent", "exec", l.id, "err", err)
@@ -374,8 +412,7 @@ func (l *liveExec) finish(final *agentv1.ExecStatus) {
 
 // end journals a final transition (lost/failed) with the progress so far.
 func (l *liveExec) end(f func(r *execstore.Record) error) {
-	p, _ := l.sync()
-	r, err := l.d.store.Update(l.id, func(r *execstore.Record) error {
+	r, err := l.commit(func(r *execstore.Record, p execstore.Progress) error {
 		if r.State == execstore.Running {
 			if err := execstore.Advance(r, p); err != nil {
 				return err
@@ -392,7 +429,6 @@ func (l *liveExec) end(f func(r *execstore.Record) error) {
 		return
 	}
 	l.d.log.Info("exec ended", "exec", l.id, "state", execstore.StateName(r.State), "reason", r.Reason)
-	l.setRecord(r)
 }
 
 // stopped handles a copier stopped by its context: the daemon is closing
@@ -411,8 +447,13 @@ func (l *liveExec) stopped() {
 	}
 }
 
-// retire removes a live exec whose copier ended.
+// retire removes a live exec whose record is final (or whose copier
+// stopped) and wakes its waiters. Idempotent.
 func (d *Daemon) retire(l *liveExec) {
+	l.retireOnce.Do(func() { d.doRetire(l) })
+}
+
+func (d *Daemon) doRetire(l *liveExec) {
 	d.mu.Lock()
 	if d.live[l.id] == l {
 		delete(d.live, l.id)

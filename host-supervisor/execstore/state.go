@@ -213,4 +213,4 @@ func (finalState) exit(r *Record, st *agentv1.ExecStatus, p Progress) error {
 	return illegal(r, "exit again")
 }
 func (finalState) fail(r *Record, code codes.Code, reason string) error { return illegal(r, "fail") }
-func (finalState) lose(r *Record, reason string) error                 { return illegal(r, "lose") }
+func (finalState) lose(r *Record, reason string) error                  { return illegal(r, "lose") }

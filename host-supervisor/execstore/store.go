@@ -3,6 +3,7 @@ package execstore
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"time"
 
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
@@ -18,6 +19,7 @@ var (
 	bucketKeys      = []byte("keys")      // sandbox \x00 idempotency key → exec id
 	bucketOrder     = []byte("order")     // seq (big endian) → exec id
 	bucketSandboxes = []byte("sandboxes") // sandbox id → Sandbox (journalled fields)
+	bucketInline    = []byte("inline")    // exec id \x00 stream → small output kept in the journal
 )
 
 // Store is the journal. Safe for concurrent use.
@@ -36,7 +38,9 @@ type Options struct {
 // Open opens (creating if needed) the journal at path. A journal left by a
 // crash, even in the middle of a commit, opens at its last committed state.
 func Open(path string, o Options) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	// The freelist is rebuilt on open instead of written by every commit:
+	// fewer pages per commit, and commits are what every exec waits for.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("exec journal %s: %w", path, err)
 	}
@@ -45,7 +49,7 @@ func Open(path string, o Options) (*Store, error) {
 		db.MaxBatchDelay = 2 * time.Millisecond
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketExecs, bucketKeys, bucketOrder, bucketSandboxes} {
+		for _, b := range [][]byte{bucketExecs, bucketKeys, bucketOrder, bucketSandboxes, bucketInline} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -162,6 +166,65 @@ func (s *Store) Get(id string) (r *Record, err error) {
 	return r, err
 }
 
+// Output is an exec's small output kept in the journal itself (so a short
+// exec needs no output file and no fsync of its own): Has says which
+// streams are inline; a stream not inline lives in the caller's file.
+type Output struct {
+	Data [2][]byte // stdout, stderr
+	Has  [2]bool
+}
+
+func inlineKey(id string, stream int) []byte { return []byte(id + "\x00" + strconv.Itoa(stream)) }
+
+// UpdateOutput is Update that also stores the inline output in the same
+// commit (streams not inline have their inline copy removed: their file
+// now holds everything).
+func (s *Store) UpdateOutput(id string, out Output, f func(r *Record) error) (r *Record, err error) {
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		r = nil
+		cur, err := getRecord(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := f(cur); err != nil {
+			return err
+		}
+		if err := putRecord(tx, cur); err != nil {
+			return err
+		}
+		b := tx.Bucket(bucketInline)
+		for i := range 2 {
+			if out.Has[i] {
+				// A marker byte first: an empty stream is still inline.
+				err = b.Put(inlineKey(id, i), append([]byte{1}, out.Data[i]...))
+			} else {
+				err = b.Delete(inlineKey(id, i))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		r = cur
+		return nil
+	})
+	return r, err
+}
+
+// InlineOutput returns the output stored in the journal for an exec.
+func (s *Store) InlineOutput(id string) (out Output, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketInline)
+		for i := range 2 {
+			if v := b.Get(inlineKey(id, i)); len(v) > 0 {
+				out.Data[i] = append([]byte{}, v[1:]...)
+				out.Has[i] = true
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Update applies f to a record (use the transition functions) and commits
 // it durably. An error from f aborts the change and is returned.
 func (s *Store) Update(id string, f func(r *Record) error) (r *Record, err error) {
@@ -232,6 +295,11 @@ func deleteRecord(tx *bolt.Tx, r *Record) error {
 	}
 	if err := tx.Bucket(bucketOrder).Delete(seqKey(r.Seq)); err != nil {
 		return err
+	}
+	for i := range 2 {
+		if err := tx.Bucket(bucketInline).Delete(inlineKey(r.Id, i)); err != nil {
+			return err
+		}
 	}
 	if r.IdempotencyKey != "" {
 		return tx.Bucket(bucketKeys).Delete(keyIndex(r.Sandbox, r.IdempotencyKey))
