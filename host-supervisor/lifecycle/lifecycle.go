@@ -107,6 +107,11 @@ type CheckpointOptions struct {
 	Path string
 	// Cgroups (cgroup v2 directories in the guest) are frozen too.
 	Cgroups []string
+	// WhileQuiesced runs after the VMM step, while the guest's filesystems
+	// are frozen (and the VM paused, for a VMM that cannot snapshot): the
+	// place to copy the VM's disk images, which are consistent then. Its
+	// error fails the checkpoint.
+	WhileQuiesced func(ctx context.Context) error
 }
 
 // CheckpointReport says what a checkpoint did.
@@ -161,9 +166,13 @@ func (s *Sandbox) Checkpoint(ctx context.Context, o CheckpointOptions) (*Checkpo
 		vmmErr = s.cfg.VMM.Snapshot(ctx, o.Path)
 		if vmmErr == nil {
 			rep.Snapshot = o.Path
+			vmmErr = s.whileQuiesced(ctx, o)
 		}
 	} else {
 		vmmErr = s.cfg.VMM.Pause(ctx)
+		if vmmErr == nil {
+			vmmErr = s.whileQuiesced(ctx, o)
+		}
 		// Resume even after a failed pause: the VM may be half stopped, and
 		// the guest must run to be thawed.
 		rctx, cancel := s.cleanupCtx(ctx)
@@ -201,6 +210,16 @@ func (s *Sandbox) Checkpoint(ctx context.Context, o CheckpointOptions) (*Checkpo
 		return rep, wrap(thawErr, "sandbox %s: checkpoint generation %d taken, but the thaw failed (the guest's watchdog thaws by itself)", s.cfg.ID, gen)
 	}
 	return rep, nil
+}
+
+func (s *Sandbox) whileQuiesced(ctx context.Context, o CheckpointOptions) error {
+	if o.WhileQuiesced == nil {
+		return nil
+	}
+	if err := o.WhileQuiesced(ctx); err != nil {
+		return wrap(err, "while quiesced")
+	}
+	return nil
 }
 
 func (s *Sandbox) thaw(ctx context.Context, rep *CheckpointReport) (*agentv1.ThawResponse, error) {

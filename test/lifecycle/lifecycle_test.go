@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,6 +82,45 @@ func TestCheckpointPauseOrder(t *testing.T) {
 	wantThawed(t, r.agent)
 	if r.sb.State() != lifecycle.Running {
 		t.Fatalf("state %v", r.sb.State())
+	}
+}
+
+// WhileQuiesced runs between pause and resume (or after the snapshot),
+// with the guest frozen; its failure undoes everything and journals nothing.
+func TestCheckpointWhileQuiesced(t *testing.T) {
+	for _, snapshot := range []bool{false, true} {
+		r := newRig(t, snapshot)
+		ctx := ctxT(t)
+		frozen := func(ctx context.Context) error {
+			st, err := r.agent.FreezeStatus(ctx, &agentv1.FreezeStatusRequest{})
+			if err != nil || !st.Frozen {
+				return fmt.Errorf("not frozen while quiesced: %+v %v", st, err)
+			}
+			r.a.ev.add("copy-disk")
+			return nil
+		}
+		vmmStep := []string{"vmm-pause", "copy-disk", "vmm-resume"}
+		if snapshot {
+			vmmStep = []string{"vmm-snapshot", "copy-disk"}
+		}
+		if _, err := r.sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: filepath.Join(t.TempDir(), "s"), WhileQuiesced: frozen}); err != nil {
+			t.Fatal(err)
+		}
+		wantEvents(t, r.a.ev, append(append([]string{"agent-freeze"}, vmmStep...), "agent-thaw", "journal-bump-1")...)
+
+		r.a.ev.reset()
+		_, err := r.sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: filepath.Join(t.TempDir(), "s"), WhileQuiesced: func(context.Context) error {
+			r.a.ev.add("copy-disk")
+			return status.Error(codes.ResourceExhausted, "no space for the disk copy")
+		}})
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "while quiesced: no space") {
+			t.Fatalf("failing WhileQuiesced: %v", err)
+		}
+		wantEvents(t, r.a.ev, append(append([]string{"agent-freeze"}, vmmStep...), "agent-thaw")...)
+		wantThawed(t, r.agent)
+		if g, _ := r.j.Generation("sb1"); g != 1 {
+			t.Fatalf("generation %d after a failed checkpoint", g)
+		}
 	}
 }
 

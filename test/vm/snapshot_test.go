@@ -258,9 +258,36 @@ func TestVMSnapshotLifecycle(t *testing.T) {
 		if !strings.Contains(q.Capabilities().String(), "qemu: pause resume") {
 			t.Fatalf("capabilities %s", q.Capabilities())
 		}
-		rep, err := sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: filepath.Join(s.dir, "snap")})
+		// A writer keeps writing to /data through the checkpoint; the disk
+		// copied while quiesced must still be a clean filesystem.
+		if _, err := c.Start(ctx, &agentv1.StartRequest{Id: "churn", Command: "i=0; while [ $i -lt 400 ]; do echo $i > /data/churn.$((i % 20)); i=$((i+1)); done; sync"}); err != nil {
+			t.Fatal(err)
+		}
+		diskCopy := filepath.Join(t.TempDir(), "data-copy.ext4")
+		copyDisk := func(ctx context.Context) error {
+			b, err := os.ReadFile(s.disk)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(diskCopy, b, 0o644)
+		}
+		rep, err := sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: filepath.Join(s.dir, "snap"), WhileQuiesced: copyDisk})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if fsck, err := exec.LookPath("e2fsck"); err == nil {
+			if out, err := exec.Command(fsck, "-fn", diskCopy).CombinedOutput(); err != nil {
+				t.Fatalf("e2fsck of the disk copied during the checkpoint: %v\n%s", err, out)
+			}
+		}
+		if debugfs, err := exec.LookPath("debugfs"); err == nil {
+			out, err := exec.Command(debugfs, "-R", "cat /f", diskCopy).Output()
+			if err != nil || string(out) != "frozen-write\n" {
+				t.Fatalf("/f in the disk copy: %q %v", out, err)
+			}
+		}
+		if st, err := c.Wait(ctx, "churn"); err != nil || st.ExitCode != 0 {
+			t.Fatalf("writer across the checkpoint: %+v %v", st, err)
 		}
 		if rep.Generation != 1 || !rep.Paused || rep.Snapshot != "" || !slices.Contains(rep.Frozen, "/data") {
 			t.Fatalf("checkpoint %+v", rep)
