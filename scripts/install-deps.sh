@@ -3,7 +3,7 @@
 # installed yet. Needs root (CI runs as root); without root it only reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^\s*$/d' scripts/apt-packages.txt)
+mapfile -t pkgs < <(sed -e 's/#.*//' scripts/apt-packages.txt | awk 'NF {print $1}')
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
