@@ -80,8 +80,9 @@ func prepare(t testing.TB) artefacts {
 }
 
 // bareBoot boots imageinit alone (sailbox.bootonly): the baseline of the
-// boot-time figures. It returns QEMU start -> imageinit ready.
-func bareBoot(t testing.TB, a artefacts) time.Duration {
+// boot-time figures. It returns QEMU start -> imageinit ready, and QEMU's
+// CPU time for the whole boot and power-off.
+func bareBoot(t testing.TB, a artefacts) (time.Duration, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -98,7 +99,7 @@ func bareBoot(t testing.TB, a artefacts) time.Duration {
 	if err := v.Wait(ctx); err != nil {
 		t.Fatalf("bare boot: QEMU: %v", err)
 	}
-	return ready
+	return ready, v.CPUTime()
 }
 
 var execSeq atomic.Int64
@@ -149,7 +150,7 @@ func TestVMEndToEnd(t *testing.T) {
 	testStart := time.Now()
 	a := prepare(t)
 	t.Logf("artefacts: %s (kernel %s %s)", a.buildTimes, a.kernel.Package, a.kernel.Version)
-	bare := bareBoot(t, a)
+	bare, bareCPU := bareBoot(t, a)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -179,12 +180,13 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	firstExec := time.Since(v.Started())
+	firstCPU := v.CPUTime()
 	ready, _ := v.WaitReady(ctx)
 	if r.stdout != "aarch64\n" || r.st.ExitCode != 0 {
 		t.Fatalf("uname -m: %q, status %v", r.stdout, r.st)
 	}
-	t.Logf("BOOT: bare imageinit ready %v | with agent: imageinit ready %v, first exec (uname -m) done %v after QEMU start",
-		bare.Round(time.Millisecond), ready.Round(time.Millisecond), firstExec.Round(time.Millisecond))
+	t.Logf("BOOT: bare imageinit ready %v (QEMU CPU %v to power-off) | with agent: imageinit ready %v, first exec (uname -m) done %v after QEMU start (QEMU CPU %v)",
+		bare.Round(time.Millisecond), bareCPU, ready.Round(time.Millisecond), firstExec.Round(time.Millisecond), firstCPU)
 
 	// 2. stdout, stderr and exit code apart.
 	r, err = run(ctx, c, &agentv1.StartRequest{Command: "echo out; echo err >&2; exit 3"})
