@@ -178,7 +178,8 @@ func inlineKey(id string, stream int) []byte { return []byte(id + "\x00" + strco
 
 // UpdateOutput is Update that also stores the inline output in the same
 // commit (streams not inline have their inline copy removed: their file
-// now holds everything).
+// now holds everything). Inline data is stored only when its length is the
+// record's kept count for the stream, so record and data always agree.
 func (s *Store) UpdateOutput(id string, out Output, f func(r *Record) error) (r *Record, err error) {
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		r = nil
@@ -193,7 +194,13 @@ func (s *Store) UpdateOutput(id string, out Output, f func(r *Record) error) (r 
 			return err
 		}
 		b := tx.Bucket(bucketInline)
+		kept := [2]uint64{cur.GetStdout().GetKept(), cur.GetStderr().GetKept()}
 		for i := range 2 {
+			if out.Has[i] && uint64(len(out.Data[i])) != kept[i] {
+				// Output of another moment than the record's (a commit
+				// overtaken by a later one of the same exec): keep what is there.
+				continue
+			}
 			if out.Has[i] {
 				// A marker byte first: an empty stream is still inline.
 				err = b.Put(inlineKey(id, i), append([]byte{1}, out.Data[i]...))

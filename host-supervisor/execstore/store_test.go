@@ -322,3 +322,36 @@ func TestJournalAfterCrashMidCommit(t *testing.T) {
 		s.Close()
 	}
 }
+
+// Inline output is stored with its record, only when it matches the
+// record's kept count (an overtaken commit of older output changes
+// nothing), and deleted with the record.
+func TestInlineOutput(t *testing.T) {
+	s := open(t)
+	if _, _, err := s.Accept(newRecord("a", "")); err != nil {
+		t.Fatal(err)
+	}
+	run := func(r *Record) error { return Run(r, Started{Pid: 1}) }
+	if _, err := s.UpdateOutput("a", Output{Has: [2]bool{true, true}}, run); err != nil {
+		t.Fatal(err)
+	}
+	newer := Output{Data: [2][]byte{[]byte("hello"), []byte("err")}, Has: [2]bool{true, true}}
+	if _, err := s.UpdateOutput("a", newer, func(r *Record) error {
+		return Exit(r, exitedStatus, Progress{StdoutOffset: 5, StdoutKept: 5, StderrOffset: 3, StderrKept: 3})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// An older flush landing after the exit.
+	older := Output{Data: [2][]byte{[]byte("hel"), nil}, Has: [2]bool{true, true}}
+	s.UpdateOutput("a", older, func(r *Record) error { return nil })
+	got, err := s.InlineOutput("a")
+	if err != nil || string(got.Data[0]) != "hello" || string(got.Data[1]) != "err" || !got.Has[0] || !got.Has[1] {
+		t.Fatalf("inline %q %v %v", got.Data, got.Has, err)
+	}
+	if err := s.Delete("a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.InlineOutput("a"); got.Has[0] || got.Has[1] {
+		t.Fatal("inline output outlived its record")
+	}
+}
