@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -369,5 +370,48 @@ func TestRemoveSandboxLosesItsExecs(t *testing.T) {
 	}
 	if len(f.d.ListSandboxes()) != 0 {
 		t.Fatal("sandbox still listed")
+	}
+}
+
+// Files and listener readiness pass through to the sandbox's agent.
+func TestPassThrough(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "data")
+	want := bytes.Repeat([]byte("0123456789abcdef"), 100000) // 1.6 MB: several chunks
+	if err := os.WriteFile(path, want, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	var info *agentv1.FileInfo
+	err := f.d.ReadFile(ctx, "sb", &agentv1.ReadFileRequest{Path: path}, func(c *agentv1.ReadFileChunk) error {
+		if c.Info != nil {
+			info = c.Info
+		}
+		if c.Offset != uint64(len(got)) || len(c.Data) > OutputChunkSize {
+			t.Errorf("chunk at %d (%d bytes), have %d", c.Offset, len(c.Data), len(got))
+		}
+		got = append(got, c.Data...)
+		return nil
+	})
+	if err != nil || !bytes.Equal(got, want) || info == nil {
+		t.Fatalf("read: %v, %d bytes, info %v", err, len(got), info)
+	}
+	st, err := f.d.StatFile(ctx, "sb", path)
+	if err != nil || st.Size != uint64(len(want)) {
+		t.Fatalf("stat: %v %v", st, err)
+	}
+	if _, err := f.d.StatFile(ctx, "sb", path+".missing"); status.Code(err) != codes.NotFound {
+		t.Fatalf("stat missing: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint32(ln.Addr().(*net.TCPAddr).Port)
+	resp, err := f.d.WaitListener(ctx, "sb", &agentv1.WaitListenerRequest{Port: port, TimeoutMs: 5000})
+	if err != nil || resp.Port != port {
+		t.Fatalf("wait listener: %v %v", resp, err)
 	}
 }

@@ -563,3 +563,68 @@ func (d *Daemon) WaitListener(ctx context.Context, sandbox string, req *agentv1.
 		}
 	}
 }
+
+// ReadFile passes a file read through to the sandbox's agent: the file's
+// info first, then its data in chunks of at most OutputChunkSize.
+func (d *Daemon) ReadFile(ctx context.Context, sandbox string, req *agentv1.ReadFileRequest, send func(*agentv1.ReadFileChunk) error) error {
+	sb, err := d.reg.Get(sandbox)
+	if err != nil {
+		return err
+	}
+	if req == nil {
+		return status.Error(codes.InvalidArgument, "no request")
+	}
+	w := &chunkSender{send: send, off: req.Offset}
+	_, _, err = sb.Client.ReadFile(ctx, req.Path, w, agentclient.ReadOptions{
+		Offset: req.Offset, Limit: req.Limit,
+		OnInfo: func(info *agentv1.FileInfo) { w.err = send(&agentv1.ReadFileChunk{Info: info, Offset: req.Offset}) },
+	})
+	if w.err != nil {
+		return w.err
+	}
+	return err
+}
+
+// chunkSender is the io.Writer that forwards file data as chunks.
+type chunkSender struct {
+	send func(*agentv1.ReadFileChunk) error
+	off  uint64
+	err  error
+}
+
+func (c *chunkSender) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), OutputChunkSize)
+		if c.err = c.send(&agentv1.ReadFileChunk{Offset: c.off, Data: p[:k]}); c.err != nil {
+			return 0, c.err
+		}
+		c.off += uint64(k)
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// StatFile passes Stat through to the sandbox's agent.
+func (d *Daemon) StatFile(ctx context.Context, sandbox, path string) (*agentv1.FileInfo, error) {
+	sb, err := d.reg.Get(sandbox)
+	if err != nil {
+		return nil, err
+	}
+	return sb.Client.StatFile(ctx, path)
+}
+
+// CallFunction passes a function call through to the sandbox's agent.
+func (d *Daemon) CallFunction(ctx context.Context, sandbox string, req *agentv1.FunctionCallRequest) (*agentv1.FunctionCallResponse, error) {
+	sb, err := d.reg.Get(sandbox)
+	if err != nil {
+		return nil, err
+	}
+	if req == nil {
+		return nil, status.Error(codes.InvalidArgument, "no request")
+	}
+	return sb.Client.CallFunction(ctx, req)
+}

@@ -133,3 +133,15 @@ func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	srv.Shutdown(sctx)
 	return srv.Close()
 }
+
+func (s *Service) ReadFile(ctx context.Context, req *supervisorv1.ReadFileRequest, srv supervisorv1.Supervisor_ReadFileServer) error {
+	return s.D.ReadFile(ctx, req.Sandbox, req.Request, srv.Send)
+}
+
+func (s *Service) StatFile(ctx context.Context, req *supervisorv1.StatFileRequest) (*agentv1.FileInfo, error) {
+	return s.D.StatFile(ctx, req.Sandbox, req.Path)
+}
+
+func (s *Service) CallFunction(ctx context.Context, req *supervisorv1.CallFunctionRequest) (*agentv1.FunctionCallResponse, error) {
+	return s.D.CallFunction(ctx, req.Sandbox, req.Request)
+}

@@ -1476,11 +1476,167 @@ func (x *WaitListenerRequest) GetRequest() *v1.WaitListenerRequest {
 	return nil
 }
 
+type ReadFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Request       *v1.ReadFileRequest    `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadFileRequest) Reset() {
+	*x = ReadFileRequest{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadFileRequest) ProtoMessage() {}
+
+func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
+func (*ReadFileRequest) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReadFileRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *ReadFileRequest) GetRequest() *v1.ReadFileRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type StatFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatFileRequest) Reset() {
+	*x = StatFileRequest{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatFileRequest) ProtoMessage() {}
+
+func (x *StatFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatFileRequest.ProtoReflect.Descriptor instead.
+func (*StatFileRequest) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StatFileRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *StatFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type CallFunctionRequest struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Sandbox       string                  `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Request       *v1.FunctionCallRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallFunctionRequest) Reset() {
+	*x = CallFunctionRequest{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallFunctionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallFunctionRequest) ProtoMessage() {}
+
+func (x *CallFunctionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallFunctionRequest.ProtoReflect.Descriptor instead.
+func (*CallFunctionRequest) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CallFunctionRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *CallFunctionRequest) GetRequest() *v1.FunctionCallRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
 var File_supervisor_v1_supervisor_proto protoreflect.FileDescriptor
 
 const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\n" +
-	"\x1esupervisor/v1/supervisor.proto\x12\x15sailbox.supervisor.v1\x1a\x13agent/v1/exec.proto\x1a\x17agent/v1/listener.proto\"\a\n" +
+	"\x1esupervisor/v1/supervisor.proto\x12\x15sailbox.supervisor.v1\x1a\x13agent/v1/exec.proto\x1a\x14agent/v1/files.proto\x1a\x17agent/v1/function.proto\x1a\x17agent/v1/listener.proto\"\a\n" +
 	"\x05Empty\"\xc6\x02\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -1592,7 +1748,16 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"p\n" +
 	"\x13WaitListenerRequest\x12\x18\n" +
 	"\asandbox\x18\x01 \x01(\tR\asandbox\x12?\n" +
-	"\arequest\x18\x02 \x01(\v2%.sailbox.agent.v1.WaitListenerRequestR\arequest*\xb5\x01\n" +
+	"\arequest\x18\x02 \x01(\v2%.sailbox.agent.v1.WaitListenerRequestR\arequest\"h\n" +
+	"\x0fReadFileRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12;\n" +
+	"\arequest\x18\x02 \x01(\v2!.sailbox.agent.v1.ReadFileRequestR\arequest\"?\n" +
+	"\x0fStatFileRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"p\n" +
+	"\x13CallFunctionRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12?\n" +
+	"\arequest\x18\x02 \x01(\v2%.sailbox.agent.v1.FunctionCallRequestR\arequest*\xb5\x01\n" +
 	"\tExecState\x12\x1a\n" +
 	"\x16EXEC_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13EXEC_STATE_ACCEPTED\x10\x01\x12\x16\n" +
@@ -1600,7 +1765,7 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\x11EXEC_STATE_EXITED\x10\x03\x12\x15\n" +
 	"\x11EXEC_STATE_FAILED\x10\x04\x12\x18\n" +
 	"\x14EXEC_STATE_TIMED_OUT\x10\x05\x12\x13\n" +
-	"\x0fEXEC_STATE_LOST\x10\x062\xba\v\n" +
+	"\x0fEXEC_STATE_LOST\x10\x062\xc5\r\n" +
 	"\n" +
 	"Supervisor\x12V\n" +
 	"\n" +
@@ -1625,7 +1790,10 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\tListExecs\x12'.sailbox.supervisor.v1.ListExecsRequest\x1a(.sailbox.supervisor.v1.ListExecsResponse\x12J\n" +
 	"\n" +
 	"DeleteExec\x12\x1e.sailbox.supervisor.v1.ExecRef\x1a\x1c.sailbox.supervisor.v1.Empty\x12b\n" +
-	"\fWaitListener\x12*.sailbox.supervisor.v1.WaitListenerRequest\x1a&.sailbox.agent.v1.WaitListenerResponseB@Z>github.com/sailbox/sailbox/protocol/supervisor/v1;supervisorv1b\x06proto3"
+	"\fWaitListener\x12*.sailbox.supervisor.v1.WaitListenerRequest\x1a&.sailbox.agent.v1.WaitListenerResponse\x12U\n" +
+	"\bReadFile\x12&.sailbox.supervisor.v1.ReadFileRequest\x1a\x1f.sailbox.agent.v1.ReadFileChunk0\x01\x12N\n" +
+	"\bStatFile\x12&.sailbox.supervisor.v1.StatFileRequest\x1a\x1a.sailbox.agent.v1.FileInfo\x12b\n" +
+	"\fCallFunction\x12*.sailbox.supervisor.v1.CallFunctionRequest\x1a&.sailbox.agent.v1.FunctionCallResponseB@Z>github.com/sailbox/sailbox/protocol/supervisor/v1;supervisorv1b\x06proto3"
 
 var (
 	file_supervisor_v1_supervisor_proto_rawDescOnce sync.Once
@@ -1640,7 +1808,7 @@ func file_supervisor_v1_supervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_supervisor_v1_supervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_supervisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_supervisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_supervisor_v1_supervisor_proto_goTypes = []any{
 	(ExecState)(0),                    // 0: sailbox.supervisor.v1.ExecState
 	(*Empty)(nil),                     // 1: sailbox.supervisor.v1.Empty
@@ -1665,65 +1833,81 @@ var file_supervisor_v1_supervisor_proto_goTypes = []any{
 	(*ListExecsRequest)(nil),          // 20: sailbox.supervisor.v1.ListExecsRequest
 	(*ListExecsResponse)(nil),         // 21: sailbox.supervisor.v1.ListExecsResponse
 	(*WaitListenerRequest)(nil),       // 22: sailbox.supervisor.v1.WaitListenerRequest
-	nil,                               // 23: sailbox.supervisor.v1.Sandbox.LabelsEntry
-	nil,                               // 24: sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
-	(*v1.StartRequest)(nil),           // 25: sailbox.agent.v1.StartRequest
-	(v1.Stream)(0),                    // 26: sailbox.agent.v1.Stream
-	(*v1.WaitListenerRequest)(nil),    // 27: sailbox.agent.v1.WaitListenerRequest
-	(*v1.WaitListenerResponse)(nil),   // 28: sailbox.agent.v1.WaitListenerResponse
+	(*ReadFileRequest)(nil),           // 23: sailbox.supervisor.v1.ReadFileRequest
+	(*StatFileRequest)(nil),           // 24: sailbox.supervisor.v1.StatFileRequest
+	(*CallFunctionRequest)(nil),       // 25: sailbox.supervisor.v1.CallFunctionRequest
+	nil,                               // 26: sailbox.supervisor.v1.Sandbox.LabelsEntry
+	nil,                               // 27: sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
+	(*v1.StartRequest)(nil),           // 28: sailbox.agent.v1.StartRequest
+	(v1.Stream)(0),                    // 29: sailbox.agent.v1.Stream
+	(*v1.WaitListenerRequest)(nil),    // 30: sailbox.agent.v1.WaitListenerRequest
+	(*v1.ReadFileRequest)(nil),        // 31: sailbox.agent.v1.ReadFileRequest
+	(*v1.FunctionCallRequest)(nil),    // 32: sailbox.agent.v1.FunctionCallRequest
+	(*v1.WaitListenerResponse)(nil),   // 33: sailbox.agent.v1.WaitListenerResponse
+	(*v1.ReadFileChunk)(nil),          // 34: sailbox.agent.v1.ReadFileChunk
+	(*v1.FileInfo)(nil),               // 35: sailbox.agent.v1.FileInfo
+	(*v1.FunctionCallResponse)(nil),   // 36: sailbox.agent.v1.FunctionCallResponse
 }
 var file_supervisor_v1_supervisor_proto_depIdxs = []int32{
-	23, // 0: sailbox.supervisor.v1.Sandbox.labels:type_name -> sailbox.supervisor.v1.Sandbox.LabelsEntry
-	24, // 1: sailbox.supervisor.v1.AddSandboxRequest.labels:type_name -> sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
+	26, // 0: sailbox.supervisor.v1.Sandbox.labels:type_name -> sailbox.supervisor.v1.Sandbox.LabelsEntry
+	27, // 1: sailbox.supervisor.v1.AddSandboxRequest.labels:type_name -> sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
 	2,  // 2: sailbox.supervisor.v1.ListSandboxesResponse.sandboxes:type_name -> sailbox.supervisor.v1.Sandbox
 	2,  // 3: sailbox.supervisor.v1.RestoreGenerationResponse.sandbox:type_name -> sailbox.supervisor.v1.Sandbox
-	25, // 4: sailbox.supervisor.v1.ExecRecord.request:type_name -> sailbox.agent.v1.StartRequest
+	28, // 4: sailbox.supervisor.v1.ExecRecord.request:type_name -> sailbox.agent.v1.StartRequest
 	0,  // 5: sailbox.supervisor.v1.ExecRecord.state:type_name -> sailbox.supervisor.v1.ExecState
 	10, // 6: sailbox.supervisor.v1.ExecRecord.stdout:type_name -> sailbox.supervisor.v1.StreamInfo
 	10, // 7: sailbox.supervisor.v1.ExecRecord.stderr:type_name -> sailbox.supervisor.v1.StreamInfo
-	25, // 8: sailbox.supervisor.v1.StartExecRequest.request:type_name -> sailbox.agent.v1.StartRequest
+	28, // 8: sailbox.supervisor.v1.StartExecRequest.request:type_name -> sailbox.agent.v1.StartRequest
 	11, // 9: sailbox.supervisor.v1.StartExecResponse.record:type_name -> sailbox.supervisor.v1.ExecRecord
-	26, // 10: sailbox.supervisor.v1.ExecOutputChunk.stream:type_name -> sailbox.agent.v1.Stream
+	29, // 10: sailbox.supervisor.v1.ExecOutputChunk.stream:type_name -> sailbox.agent.v1.Stream
 	11, // 11: sailbox.supervisor.v1.ExecOutputChunk.final:type_name -> sailbox.supervisor.v1.ExecRecord
 	11, // 12: sailbox.supervisor.v1.ListExecsResponse.execs:type_name -> sailbox.supervisor.v1.ExecRecord
-	27, // 13: sailbox.supervisor.v1.WaitListenerRequest.request:type_name -> sailbox.agent.v1.WaitListenerRequest
-	3,  // 14: sailbox.supervisor.v1.Supervisor.AddSandbox:input_type -> sailbox.supervisor.v1.AddSandboxRequest
-	4,  // 15: sailbox.supervisor.v1.Supervisor.RemoveSandbox:input_type -> sailbox.supervisor.v1.SandboxRef
-	6,  // 16: sailbox.supervisor.v1.Supervisor.ListSandboxes:input_type -> sailbox.supervisor.v1.ListSandboxesRequest
-	8,  // 17: sailbox.supervisor.v1.Supervisor.Checkpointed:input_type -> sailbox.supervisor.v1.GenerationRequest
-	8,  // 18: sailbox.supervisor.v1.Supervisor.RestoreGeneration:input_type -> sailbox.supervisor.v1.GenerationRequest
-	12, // 19: sailbox.supervisor.v1.Supervisor.StartExec:input_type -> sailbox.supervisor.v1.StartExecRequest
-	14, // 20: sailbox.supervisor.v1.Supervisor.GetExec:input_type -> sailbox.supervisor.v1.ExecRef
-	14, // 21: sailbox.supervisor.v1.Supervisor.WaitExec:input_type -> sailbox.supervisor.v1.ExecRef
-	15, // 22: sailbox.supervisor.v1.Supervisor.ExecOutput:input_type -> sailbox.supervisor.v1.ExecOutputRequest
-	17, // 23: sailbox.supervisor.v1.Supervisor.SignalExec:input_type -> sailbox.supervisor.v1.SignalExecRequest
-	18, // 24: sailbox.supervisor.v1.Supervisor.WriteStdin:input_type -> sailbox.supervisor.v1.WriteStdinRequest
-	14, // 25: sailbox.supervisor.v1.Supervisor.CloseStdin:input_type -> sailbox.supervisor.v1.ExecRef
-	19, // 26: sailbox.supervisor.v1.Supervisor.ResizeExec:input_type -> sailbox.supervisor.v1.ResizeExecRequest
-	20, // 27: sailbox.supervisor.v1.Supervisor.ListExecs:input_type -> sailbox.supervisor.v1.ListExecsRequest
-	14, // 28: sailbox.supervisor.v1.Supervisor.DeleteExec:input_type -> sailbox.supervisor.v1.ExecRef
-	22, // 29: sailbox.supervisor.v1.Supervisor.WaitListener:input_type -> sailbox.supervisor.v1.WaitListenerRequest
-	2,  // 30: sailbox.supervisor.v1.Supervisor.AddSandbox:output_type -> sailbox.supervisor.v1.Sandbox
-	5,  // 31: sailbox.supervisor.v1.Supervisor.RemoveSandbox:output_type -> sailbox.supervisor.v1.RemoveSandboxResponse
-	7,  // 32: sailbox.supervisor.v1.Supervisor.ListSandboxes:output_type -> sailbox.supervisor.v1.ListSandboxesResponse
-	2,  // 33: sailbox.supervisor.v1.Supervisor.Checkpointed:output_type -> sailbox.supervisor.v1.Sandbox
-	9,  // 34: sailbox.supervisor.v1.Supervisor.RestoreGeneration:output_type -> sailbox.supervisor.v1.RestoreGenerationResponse
-	13, // 35: sailbox.supervisor.v1.Supervisor.StartExec:output_type -> sailbox.supervisor.v1.StartExecResponse
-	11, // 36: sailbox.supervisor.v1.Supervisor.GetExec:output_type -> sailbox.supervisor.v1.ExecRecord
-	11, // 37: sailbox.supervisor.v1.Supervisor.WaitExec:output_type -> sailbox.supervisor.v1.ExecRecord
-	16, // 38: sailbox.supervisor.v1.Supervisor.ExecOutput:output_type -> sailbox.supervisor.v1.ExecOutputChunk
-	1,  // 39: sailbox.supervisor.v1.Supervisor.SignalExec:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 40: sailbox.supervisor.v1.Supervisor.WriteStdin:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 41: sailbox.supervisor.v1.Supervisor.CloseStdin:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 42: sailbox.supervisor.v1.Supervisor.ResizeExec:output_type -> sailbox.supervisor.v1.Empty
-	21, // 43: sailbox.supervisor.v1.Supervisor.ListExecs:output_type -> sailbox.supervisor.v1.ListExecsResponse
-	1,  // 44: sailbox.supervisor.v1.Supervisor.DeleteExec:output_type -> sailbox.supervisor.v1.Empty
-	28, // 45: sailbox.supervisor.v1.Supervisor.WaitListener:output_type -> sailbox.agent.v1.WaitListenerResponse
-	30, // [30:46] is the sub-list for method output_type
-	14, // [14:30] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	30, // 13: sailbox.supervisor.v1.WaitListenerRequest.request:type_name -> sailbox.agent.v1.WaitListenerRequest
+	31, // 14: sailbox.supervisor.v1.ReadFileRequest.request:type_name -> sailbox.agent.v1.ReadFileRequest
+	32, // 15: sailbox.supervisor.v1.CallFunctionRequest.request:type_name -> sailbox.agent.v1.FunctionCallRequest
+	3,  // 16: sailbox.supervisor.v1.Supervisor.AddSandbox:input_type -> sailbox.supervisor.v1.AddSandboxRequest
+	4,  // 17: sailbox.supervisor.v1.Supervisor.RemoveSandbox:input_type -> sailbox.supervisor.v1.SandboxRef
+	6,  // 18: sailbox.supervisor.v1.Supervisor.ListSandboxes:input_type -> sailbox.supervisor.v1.ListSandboxesRequest
+	8,  // 19: sailbox.supervisor.v1.Supervisor.Checkpointed:input_type -> sailbox.supervisor.v1.GenerationRequest
+	8,  // 20: sailbox.supervisor.v1.Supervisor.RestoreGeneration:input_type -> sailbox.supervisor.v1.GenerationRequest
+	12, // 21: sailbox.supervisor.v1.Supervisor.StartExec:input_type -> sailbox.supervisor.v1.StartExecRequest
+	14, // 22: sailbox.supervisor.v1.Supervisor.GetExec:input_type -> sailbox.supervisor.v1.ExecRef
+	14, // 23: sailbox.supervisor.v1.Supervisor.WaitExec:input_type -> sailbox.supervisor.v1.ExecRef
+	15, // 24: sailbox.supervisor.v1.Supervisor.ExecOutput:input_type -> sailbox.supervisor.v1.ExecOutputRequest
+	17, // 25: sailbox.supervisor.v1.Supervisor.SignalExec:input_type -> sailbox.supervisor.v1.SignalExecRequest
+	18, // 26: sailbox.supervisor.v1.Supervisor.WriteStdin:input_type -> sailbox.supervisor.v1.WriteStdinRequest
+	14, // 27: sailbox.supervisor.v1.Supervisor.CloseStdin:input_type -> sailbox.supervisor.v1.ExecRef
+	19, // 28: sailbox.supervisor.v1.Supervisor.ResizeExec:input_type -> sailbox.supervisor.v1.ResizeExecRequest
+	20, // 29: sailbox.supervisor.v1.Supervisor.ListExecs:input_type -> sailbox.supervisor.v1.ListExecsRequest
+	14, // 30: sailbox.supervisor.v1.Supervisor.DeleteExec:input_type -> sailbox.supervisor.v1.ExecRef
+	22, // 31: sailbox.supervisor.v1.Supervisor.WaitListener:input_type -> sailbox.supervisor.v1.WaitListenerRequest
+	23, // 32: sailbox.supervisor.v1.Supervisor.ReadFile:input_type -> sailbox.supervisor.v1.ReadFileRequest
+	24, // 33: sailbox.supervisor.v1.Supervisor.StatFile:input_type -> sailbox.supervisor.v1.StatFileRequest
+	25, // 34: sailbox.supervisor.v1.Supervisor.CallFunction:input_type -> sailbox.supervisor.v1.CallFunctionRequest
+	2,  // 35: sailbox.supervisor.v1.Supervisor.AddSandbox:output_type -> sailbox.supervisor.v1.Sandbox
+	5,  // 36: sailbox.supervisor.v1.Supervisor.RemoveSandbox:output_type -> sailbox.supervisor.v1.RemoveSandboxResponse
+	7,  // 37: sailbox.supervisor.v1.Supervisor.ListSandboxes:output_type -> sailbox.supervisor.v1.ListSandboxesResponse
+	2,  // 38: sailbox.supervisor.v1.Supervisor.Checkpointed:output_type -> sailbox.supervisor.v1.Sandbox
+	9,  // 39: sailbox.supervisor.v1.Supervisor.RestoreGeneration:output_type -> sailbox.supervisor.v1.RestoreGenerationResponse
+	13, // 40: sailbox.supervisor.v1.Supervisor.StartExec:output_type -> sailbox.supervisor.v1.StartExecResponse
+	11, // 41: sailbox.supervisor.v1.Supervisor.GetExec:output_type -> sailbox.supervisor.v1.ExecRecord
+	11, // 42: sailbox.supervisor.v1.Supervisor.WaitExec:output_type -> sailbox.supervisor.v1.ExecRecord
+	16, // 43: sailbox.supervisor.v1.Supervisor.ExecOutput:output_type -> sailbox.supervisor.v1.ExecOutputChunk
+	1,  // 44: sailbox.supervisor.v1.Supervisor.SignalExec:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 45: sailbox.supervisor.v1.Supervisor.WriteStdin:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 46: sailbox.supervisor.v1.Supervisor.CloseStdin:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 47: sailbox.supervisor.v1.Supervisor.ResizeExec:output_type -> sailbox.supervisor.v1.Empty
+	21, // 48: sailbox.supervisor.v1.Supervisor.ListExecs:output_type -> sailbox.supervisor.v1.ListExecsResponse
+	1,  // 49: sailbox.supervisor.v1.Supervisor.DeleteExec:output_type -> sailbox.supervisor.v1.Empty
+	33, // 50: sailbox.supervisor.v1.Supervisor.WaitListener:output_type -> sailbox.agent.v1.WaitListenerResponse
+	34, // 51: sailbox.supervisor.v1.Supervisor.ReadFile:output_type -> sailbox.agent.v1.ReadFileChunk
+	35, // 52: sailbox.supervisor.v1.Supervisor.StatFile:output_type -> sailbox.agent.v1.FileInfo
+	36, // 53: sailbox.supervisor.v1.Supervisor.CallFunction:output_type -> sailbox.agent.v1.FunctionCallResponse
+	35, // [35:54] is the sub-list for method output_type
+	16, // [16:35] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_supervisor_v1_supervisor_proto_init() }
@@ -1737,7 +1921,7 @@ func file_supervisor_v1_supervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_supervisor_v1_supervisor_proto_rawDesc), len(file_supervisor_v1_supervisor_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,9 @@ type SupervisorService interface {
 	ListExecs(context.Context, *ListExecsRequest) (*ListExecsResponse, error)
 	DeleteExec(context.Context, *ExecRef) (*Empty, error)
 	WaitListener(context.Context, *WaitListenerRequest) (*v1.WaitListenerResponse, error)
+	ReadFile(context.Context, *ReadFileRequest, Supervisor_ReadFileServer) error
+	StatFile(context.Context, *StatFileRequest) (*v1.FileInfo, error)
+	CallFunction(context.Context, *CallFunctionRequest) (*v1.FunctionCallResponse, error)
 }
 
 type Supervisor_ExecOutputServer interface {
@@ -37,6 +40,19 @@ type supervisorExecOutputServer struct {
 }
 
 func (x *supervisorExecOutputServer) Send(m *ExecOutputChunk) error {
+	return x.StreamServer.SendMsg(m)
+}
+
+type Supervisor_ReadFileServer interface {
+	Send(*v1.ReadFileChunk) error
+	ttrpc.StreamServer
+}
+
+type supervisorReadFileServer struct {
+	ttrpc.StreamServer
+}
+
+func (x *supervisorReadFileServer) Send(m *v1.ReadFileChunk) error {
 	return x.StreamServer.SendMsg(m)
 }
 
@@ -148,6 +164,20 @@ func RegisterSupervisorService(srv *ttrpc.Server, svc SupervisorService) {
 				}
 				return svc.WaitListener(ctx, &req)
 			},
+			"StatFile": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req StatFileRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.StatFile(ctx, &req)
+			},
+			"CallFunction": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req CallFunctionRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.CallFunction(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ExecOutput": {
@@ -157,6 +187,17 @@ func RegisterSupervisorService(srv *ttrpc.Server, svc SupervisorService) {
 						return nil, err
 					}
 					return nil, svc.ExecOutput(ctx, m, &supervisorExecOutputServer{stream})
+				},
+				StreamingClient: false,
+				StreamingServer: true,
+			},
+			"ReadFile": {
+				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+					m := new(ReadFileRequest)
+					if err := stream.RecvMsg(m); err != nil {
+						return nil, err
+					}
+					return nil, svc.ReadFile(ctx, m, &supervisorReadFileServer{stream})
 				},
 				StreamingClient: false,
 				StreamingServer: true,
@@ -182,6 +223,9 @@ type SupervisorClient interface {
 	ListExecs(context.Context, *ListExecsRequest) (*ListExecsResponse, error)
 	DeleteExec(context.Context, *ExecRef) (*Empty, error)
 	WaitListener(context.Context, *WaitListenerRequest) (*v1.WaitListenerResponse, error)
+	ReadFile(context.Context, *ReadFileRequest) (Supervisor_ReadFileClient, error)
+	StatFile(context.Context, *StatFileRequest) (*v1.FileInfo, error)
+	CallFunction(context.Context, *CallFunctionRequest) (*v1.FunctionCallResponse, error)
 }
 
 type supervisorClient struct {
@@ -338,6 +382,51 @@ func (c *supervisorClient) DeleteExec(ctx context.Context, req *ExecRef) (*Empty
 func (c *supervisorClient) WaitListener(ctx context.Context, req *WaitListenerRequest) (*v1.WaitListenerResponse, error) {
 	var resp v1.WaitListenerResponse
 	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "WaitListener", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) ReadFile(ctx context.Context, req *ReadFileRequest) (Supervisor_ReadFileClient, error) {
+	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+		StreamingClient: false,
+		StreamingServer: true,
+	}, "sailbox.supervisor.v1.Supervisor", "ReadFile", req)
+	if err != nil {
+		return nil, err
+	}
+	x := &supervisorReadFileClient{stream}
+	return x, nil
+}
+
+type Supervisor_ReadFileClient interface {
+	Recv() (*v1.ReadFileChunk, error)
+	ttrpc.ClientStream
+}
+
+type supervisorReadFileClient struct {
+	ttrpc.ClientStream
+}
+
+func (x *supervisorReadFileClient) Recv() (*v1.ReadFileChunk, error) {
+	m := new(v1.ReadFileChunk)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *supervisorClient) StatFile(ctx context.Context, req *StatFileRequest) (*v1.FileInfo, error) {
+	var resp v1.FileInfo
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "StatFile", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) CallFunction(ctx context.Context, req *CallFunctionRequest) (*v1.FunctionCallResponse, error) {
+	var resp v1.FunctionCallResponse
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "CallFunction", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
