@@ -7,7 +7,9 @@
 // it is PID 1 there and reaps; the mount namespace gets its own /proc (so
 // ps shows only the sandbox), a private tmpfs on /tmp and /dev/shm (scratch
 // files of the sandbox never land in, or collide with, the host's /tmp and
-// vanish with it), and the hostname "sailbox-local". The rest of the host's
+// vanish with it; not when the working directory or the state dir is under
+// /tmp, which the private one would hide), and the hostname "sailbox-local".
+// The agent and its commands start in the caller's working directory. The rest of the host's
 // filesystem is visible and writable: this is a debugging sandbox, not a
 // security boundary. Mount events propagate from the host into the sandbox,
 // never back (the new namespace's mounts are made slaves).

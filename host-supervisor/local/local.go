@@ -25,6 +25,9 @@ type Options struct {
 	// StateDir holds the agent's socket, scratch state and log; it is kept
 	// after Close. "" = a private directory removed at Close.
 	StateDir string
+	// Dir is the working directory of the agent and its commands ("" = this
+	// process's).
+	Dir string
 	// Plain runs the agent without namespaces even as root.
 	Plain bool
 	// Notices (what isolation there is, where things are) go here.
@@ -115,9 +118,15 @@ func Start(ctx context.Context, o Options) (*Sandbox, error) {
 	}
 	defer logf.Close()
 
+	// The private /tmp would hide the socket if the directory were under
+	// it, and the working directory the agent's commands start in.
+	cwd := o.Dir
+	if cwd == "" {
+		cwd, _ = os.Getwd()
+	}
+	tmpShared := within(s.Dir, "/tmp") || (cwd != "" && within(cwd, "/tmp"))
 	launch := func(isolate bool) error {
-		// The private /tmp would hide the socket if the directory were under it.
-		s.PrivateTmp = isolate && !within(s.Dir, "/tmp")
+		s.PrivateTmp = isolate && !tmpShared
 		if isolate {
 			s.cmd = isolatedCommand(bin, args, s.PrivateTmp)
 		} else {
@@ -125,6 +134,7 @@ func Start(ctx context.Context, o Options) (*Sandbox, error) {
 		}
 		s.cmd.Stdout, s.cmd.Stderr = logf, logf
 		s.cmd.Env = agentEnv()
+		s.cmd.Dir = o.Dir
 		if err := s.start(); err != nil {
 			s.cmd = nil
 			return fmt.Errorf("start agent %s: %w", bin, err)
@@ -148,9 +158,9 @@ func Start(ctx context.Context, o Options) (*Sandbox, error) {
 	}
 	s.Isolated = isolate
 	if isolate {
-		tmp := ""
-		if s.PrivateTmp {
-			tmp = ", private /tmp and /dev/shm"
+		tmp := ", private /tmp and /dev/shm"
+		if !s.PrivateTmp {
+			tmp = "; it shares the host's /tmp because the working directory or state dir is in it"
 		}
 		fmt.Fprintf(o.Notices, "local sandbox: agent isolated in new mount, PID, UTS and IPC namespaces (PID 1 there%s); the host's files are visible; freeze is confined to %s\n", tmp, s.FreezeRoot)
 	} else {

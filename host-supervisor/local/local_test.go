@@ -21,6 +21,7 @@ func startLocal(t *testing.T, o Options) (*Sandbox, string) {
 	t.Helper()
 	var notes bytes.Buffer
 	o.Notices = &notes
+	o.Dir = "/" // the private /tmp is skipped when the working directory is in /tmp (a clone may be)
 	if o.AgentBin == "" {
 		o.AgentBin = filepath.Join(agenttest.Binaries(t), "guest-agent")
 	}
@@ -138,4 +139,22 @@ func contains(args []string, flag, val string) bool {
 		}
 	}
 	return false
+}
+
+// A working directory under /tmp keeps the host's /tmp (a private one would
+// hide it); commands start there.
+func TestWorkingDirUnderTmp(t *testing.T) {
+	testcap.Root(t)
+	dir, err := os.MkdirTemp("/tmp", "sailbox-local-cwd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sb, notes := startLocal(t, Options{Dir: dir})
+	if !sb.Isolated || sb.PrivateTmp || !strings.Contains(notes, "shares the host's /tmp") {
+		t.Fatalf("isolated=%v privateTmp=%v notes %q", sb.Isolated, sb.PrivateTmp, notes)
+	}
+	if got := run(t, sb.Addr, "pwd; cd \"$PWD\" && echo cd-ok"); got != dir+"\ncd-ok\n" {
+		t.Errorf("got %q, want the working dir %s", got, dir)
+	}
 }

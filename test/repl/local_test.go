@@ -148,7 +148,8 @@ func TestLocalJournalAcrossSessions(t *testing.T) {
 		return out.String(), errb.String(), code
 	}
 	marker := filepath.Join(state, "ran-twice")
-	out, errOut, code := run("exec --id first echo journal-one\nexec -b --id unfinished sh -c 'echo run >> " + marker + "; sleep 100'\n")
+	out, errOut, code := run("exec --id first echo journal-one\nexec -b --id unfinished sh -c 'echo run >> " + marker + "; sleep 100'\n" +
+		"exec until [ -s " + marker + " ]; do sleep 0.01; done\n")
 	if code != 0 || out != "journal-one\nunfinished\n" || !strings.Contains(errOut, "journal: execs are journalled in "+state) {
 		t.Fatalf("session 1: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}

@@ -40,6 +40,8 @@ func startTerm(t *testing.T, env []string, args ...string) *term {
 	t.Helper()
 	cmd := exec.Command(agenttest.Supervisor(t), args...)
 	cmd.Env = append(append(agenttest.Env(), "TERM=xterm"), env...)
+	// Not in /tmp (a clone may be there): local then keeps its private /tmp.
+	cmd.Dir = "/"
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
 	if err != nil {
 		t.Fatal(err)
