@@ -5,6 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/sailbox/sailbox/host-supervisor/local"
 	"github.com/sailbox/sailbox/host-supervisor/repl"
@@ -43,6 +47,19 @@ func runLocal(ctx context.Context, stdio Stdio, args []string) int {
 		return fail(stdio, status.Errorf(codes.FailedPrecondition, "local sandbox: %v", err))
 	}
 	defer sb.Close()
+	// Killed or hung up: still take the agent and the private dir along
+	// (the parent death signal alone would leave the dir).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	var killed atomic.Int32
+	go func() {
+		sig := <-sigs
+		code := 128 + int(sig.(syscall.Signal))
+		killed.Store(int32(code))
+		sb.Close()
+		os.Exit(code)
+	}()
 	var b repl.Backend
 	if *stateDir != "" {
 		// Execs go through the durable supervisor: journalled in the state dir.
@@ -56,10 +73,15 @@ func runLocal(ctx context.Context, stdio Stdio, args []string) int {
 		return fail(stdio, err)
 	}
 	defer b.Close()
-	return repl.Run(ctx, repl.Config{
+	code := repl.Run(ctx, repl.Config{
 		Backend: b, In: stdio.In, Out: stdio.Out, Err: stdio.Err, HistoryFile: *hist, Gone: sb.Gone(),
 		KeepFinished: *stateDir != "",
 		Prompt:       "local> ",
 		Banner:       "sailbox local sandbox (agent " + sb.Addr + "). Type help; try: exec uname -a. Ctrl-D or exit leaves.",
 	})
+	if k := killed.Load(); k != 0 {
+		sb.Close() // the signal handler is closing it and exits
+		return int(k)
+	}
+	return code
 }

@@ -314,9 +314,18 @@ func (s *Session) runInteractive(ctx context.Context) int {
 		hist = ""
 	}
 	if hist != "" {
-		if err := os.MkdirAll(dirOf(hist), 0o700); err != nil {
+		// Private: commands may carry secrets.
+		f, err := os.OpenFile(hist, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if errors.Is(err, os.ErrNotExist) {
+			if err = os.MkdirAll(dirOf(hist), 0o700); err == nil {
+				f, err = os.OpenFile(hist, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			}
+		}
+		if err != nil {
 			fmt.Fprintf(s.err, "warning: history %s: %v (history is not kept)\n", hist, err)
 			hist = ""
+		} else {
+			f.Close()
 		}
 	}
 	out := &lastByteWriter{w: s.out}

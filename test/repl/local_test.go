@@ -165,3 +165,34 @@ func TestLocalJournalAcrossSessions(t *testing.T) {
 		t.Errorf("the unfinished exec ran %d times, want once", strings.Count(string(b), "run"))
 	}
 }
+
+// SIGTERM to host-supervisor local: the agent and the private dir go too.
+func TestLocalSIGTERMCleansUp(t *testing.T) {
+	testcap.Root(t)
+	_, env := stateEnv(t)
+	tm := startTerm(t, env, "local")
+	dir := filepath.Dir(strings.TrimPrefix(tm.expect(`agent (unix://\S+)\)`)[1], "unix://"))
+	tm.expect(`local> *$`)
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("private dir: %v", err)
+	}
+	var agentPid int
+	waitFor(t, "agent runs", func() bool {
+		for _, p := range descendants(t, tm.cmd.Process.Pid) {
+			if strings.Contains(p.cmdline, "--listen unix://") {
+				agentPid = p.pid
+			}
+		}
+		return agentPid != 0
+	})
+	tm.cmd.Process.Signal(syscall.SIGTERM)
+	if code := tm.wait(); code != 128+15 {
+		t.Errorf("exit status %d, want 143", code)
+	}
+	if alive(agentPid) {
+		t.Errorf("agent %d alive after SIGTERM of host-supervisor", agentPid)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("private dir %s left behind (%v)", dir, err)
+	}
+}
