@@ -411,7 +411,11 @@ func (v *VM) Shutdown(ctx context.Context, grace time.Duration) (clean bool, err
 		case <-v.exited:
 			return true, nil
 		case <-pctx.Done():
-			perr = fmt.Errorf("guest did not power off within %v", grace)
+			if strings.Contains(v.ConsoleTail(), "reboot: Power down") {
+				perr = fmt.Errorf("vm %s: the guest powered off but QEMU did not exit within %v (stuck tearing down a device?)", v.cfg.Name, grace)
+			} else {
+				perr = fmt.Errorf("vm %s: the guest did not power off within %v", v.cfg.Name, grace)
+			}
 		}
 	}
 	qctx, qcancel := context.WithTimeout(ctx, 3*time.Second)
