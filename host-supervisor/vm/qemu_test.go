@@ -37,7 +37,7 @@ func bootImage(t testing.TB, k Kernel, mods []string) string {
 // sailbox.bootonly: it mounts, loads the vsock modules and powers off, and
 // QEMU exits by itself (-no-reboot).
 func TestBootBareInit(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	k := testKernel(t)
 	img := bootImage(t, k, VsockModules)
 	var console strings.Builder
@@ -70,7 +70,7 @@ func TestBootBareInit(t *testing.T) {
 
 // TestQMP boots a VM that stays up (no agent) and drives it through QMP.
 func TestQMP(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	k := testKernel(t)
 	img := bootImage(t, k, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -126,7 +126,7 @@ func TestQMP(t *testing.T) {
 // agent, and powers off through imageinit's control port over the hybrid
 // socket: QEMU must exit by itself.
 func TestCleanPoweroffOverVsock(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	k := testKernel(t)
 	img := bootImage(t, k, VsockModules)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -156,7 +156,7 @@ func TestCleanPoweroffOverVsock(t *testing.T) {
 // TestStartFailsClearly: a QEMU that cannot start (no such kernel) fails
 // Start with QEMU's own message and leaves no process.
 func TestStartFailsClearly(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()
@@ -168,4 +168,13 @@ func TestStartFailsClearly(t *testing.T) {
 	if _, serr := os.Stat(filepath.Join(dir, "vm.vsock")); serr == nil {
 		t.Errorf("hybrid socket left behind after a failed start")
 	}
+}
+
+// needVM skips VM boots under -short (make test-short) and requires QEMU.
+func needVM(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a VM; not in -short")
+	}
+	testcap.Command(t, "qemu-system-aarch64")
 }

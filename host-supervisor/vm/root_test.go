@@ -21,7 +21,7 @@ import (
 // disk's agent with the image environment, and the image is unchanged
 // afterwards (snapshot=on).
 func TestRootDisk(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	testcap.Command(t, "mkfs.ext4")
 	testcap.Command(t, "debugfs")
 	k := testKernel(t)
@@ -101,7 +101,7 @@ func makeRootImage(t *testing.T, ctx context.Context) (root, disk string) {
 // TestRunUpImage is `vm up --image`: the agent answering comes from the
 // image, with the image's environment.
 func TestRunUpImage(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	testcap.Command(t, "mkfs.ext4")
 	testKernel(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -33,7 +33,7 @@ func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l
 // answers at the printed address, the disk is mounted at /data, and
 // cancelling powers the VM off cleanly.
 func TestRunUp(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	testcap.Command(t, "mkfs.ext4")
 	testKernel(t)
 	bin := t.TempDir()
@@ -111,7 +111,7 @@ func waitAgentLine(t *testing.T, stdout, stderr *lockedBuf, done <-chan int) str
 // TestRunUpREPL is `vm up --repl` with a script on stdin: the REPL runs it
 // against the VM's agent and the VM powers off at the end of input.
 func TestRunUpREPL(t *testing.T) {
-	testcap.Command(t, "qemu-system-aarch64")
+	needVM(t)
 	testKernel(t)
 	bin := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -36,6 +36,9 @@ type artefacts struct {
 
 func prepare(t testing.TB) artefacts {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("boots VMs; not in -short")
+	}
 	testcap.Command(t, "qemu-system-aarch64")
 	testcap.Command(t, "apt-get")
 	testcap.Command(t, "dpkg-deb")
