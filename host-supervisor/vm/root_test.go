@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,5 +134,22 @@ func TestRunUpImage(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("RunUp did not return")
+	}
+}
+
+func TestCheckImageKernel(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "rootfs.ext4")
+	k := Kernel{Release: "6.1.0-56-arm64"}
+	if err := checkImageKernel(img, k); err != nil {
+		t.Fatalf("no manifest: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "image.json"), []byte(`{"kernel":{"release":"6.1.0-56-arm64"}}`), 0o644)
+	if err := checkImageKernel(img, k); err != nil {
+		t.Fatalf("same release: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "image.json"), []byte(`{"kernel":{"release":"6.1.0-99-arm64"}}`), 0o644)
+	if err := checkImageKernel(img, k); err == nil || !strings.Contains(err.Error(), "6.1.0-99-arm64") {
+		t.Fatalf("other release: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -80,6 +81,11 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Image != "" {
+		if err := checkImageKernel(o.Image, k); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", o.Name, err)
+		}
+	}
 	mods := append(append([]string{}, VsockModules...), AgentModules...)
 	cfg := Config{Name: o.Name, Dir: o.Dir, Kernel: k, MemoryMiB: o.MemoryMiB, CPUs: o.CPUs,
 		Cmdline: append([]string{"sailbox.hostname=" + o.Name}, o.Append...), NewVsock: DefaultVsock,
@@ -115,6 +121,28 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// checkImageKernel compares the kernel an image's modules were taken from
+// (image.json beside the image, written by rootfs's builder) with the one
+// the VM boots; an image without a manifest is taken as is.
+func checkImageKernel(image string, k Kernel) error {
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(image), "image.json"))
+	if err != nil {
+		return nil
+	}
+	var m struct {
+		Kernel *struct {
+			Release string `json:"release"`
+		} `json:"kernel"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil || m.Kernel == nil || m.Kernel.Release == "" {
+		return nil
+	}
+	if m.Kernel.Release != k.Release {
+		return fmt.Errorf("image %s carries modules for kernel %s, the VM boots %s: rebuild the image", image, m.Kernel.Release, k.Release)
+	}
+	return nil
 }
 
 // RunUp is `host-supervisor vm up [flags]`: boot a VM and open the REPL on
