@@ -27,16 +27,17 @@ type Config struct {
 // Backend is a vhost-user-vsock device back end with a hybrid-vsock front
 // end on the host.
 type Backend struct {
-	cfg    Config
-	log    *slog.Logger
-	vln    *net.UnixListener
-	hln    *net.UnixListener
-	stats  Stats
-	mu     sync.Mutex
-	closed bool
-	dev    *device  // the current session's device, nil between sessions
-	hs     sync.Map // hybrid conns still sending their CONNECT line
-	wg     sync.WaitGroup
+	cfg        Config
+	log        *slog.Logger
+	vln        *net.UnixListener
+	hln        *net.UnixListener
+	stats      Stats
+	mu         sync.Mutex
+	closed     bool
+	dev        *device // the current session's device, nil between sessions
+	endSession context.CancelCauseFunc
+	hs         sync.Map // hybrid conns still sending their CONNECT line
+	wg         sync.WaitGroup
 }
 
 // numConns is how many connections the current session tracks.
@@ -115,7 +116,8 @@ func listenUnix(path string) (*net.UnixListener, error) {
 func (b *Backend) Stats() *Stats { return &b.stats }
 
 // Serve serves one QEMU front end until ctx ends (ctx.Err()), QEMU
-// disconnects (nil) or the guest corrupts a ring (an error). Every vsock
+// disconnects (nil), Close is called (net.ErrClosed) or the guest corrupts
+// a ring (an error). Every vsock
 // connection ends with it. Serve may be called again for the next front end.
 func (b *Backend) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { b.vln.SetDeadline(time.Unix(1, 0)) })
@@ -134,7 +136,12 @@ func (b *Backend) Serve(ctx context.Context) error {
 	defer cancel(nil)
 	dev := newDevice(b.cfg.GuestCID, b.cfg.HybridSocket, b.log, &b.stats, cancel)
 	b.mu.Lock()
-	b.dev = dev
+	if b.closed {
+		b.mu.Unlock()
+		conn.Close()
+		return fmt.Errorf("vsock backend: %w", net.ErrClosed)
+	}
+	b.dev, b.endSession = dev, cancel
 	b.mu.Unlock()
 
 	err = vhostuser.Serve(sctx, conn, dev, b.log)
@@ -143,7 +150,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	}
 	cancel(nil)
 	b.mu.Lock()
-	b.dev = nil
+	b.dev, b.endSession = nil, nil
 	b.mu.Unlock()
 	dev.shutdown()
 	b.log.Info("vhost-user front end gone", "err", err)
@@ -216,7 +223,9 @@ func ParseConnect(line string) (uint32, error) {
 	return uint32(p), nil
 }
 
-// Close closes both listening sockets and removes their files.
+// Close closes both listening sockets, removes their files and ends the
+// session being served, if any (Serve then returns an error wrapping
+// net.ErrClosed).
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -224,6 +233,9 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
+	if b.endSession != nil {
+		b.endSession(net.ErrClosed)
+	}
 	err1 := b.vln.Close()
 	err2 := b.hln.Close()
 	b.hs.Range(func(k, _ any) bool { k.(*net.UnixConn).Close(); return true })

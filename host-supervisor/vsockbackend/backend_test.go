@@ -486,3 +486,29 @@ func TestSessionsInSequence(t *testing.T) {
 		go func() { e.serveC <- e.b.Serve(ctx) }()
 	}
 }
+
+// Close ends the session being served and the host connections with it.
+func TestCloseEndsSession(t *testing.T) {
+	e := startBackend(t)
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	ln := g.Listen(10000)
+	c := e.hostDialRetry(t, 10000)
+	<-ln
+	e.b.Close()
+	select {
+	case err := <-e.serveC:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Serve after Close: %v, want net.ErrClosed", err)
+		}
+		e.serveC <- nil
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("host connection after Close: %v, want EOF", err)
+	}
+	if _, err := os.Stat(e.cfg.HybridSocket); !os.IsNotExist(err) {
+		t.Fatalf("hybrid socket file after Close: %v", err)
+	}
+}
