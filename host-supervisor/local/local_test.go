@@ -21,7 +21,9 @@ func startLocal(t *testing.T, o Options) (*Sandbox, string) {
 	t.Helper()
 	var notes bytes.Buffer
 	o.Notices = &notes
-	o.Dir = "/" // the private /tmp is skipped when the working directory is in /tmp (a clone may be)
+	if o.Dir == "" {
+		o.Dir = "/" // the private /tmp is skipped when the working directory is in /tmp (a clone may be)
+	}
 	if o.AgentBin == "" {
 		o.AgentBin = filepath.Join(agenttest.Binaries(t), "guest-agent")
 	}
