@@ -117,8 +117,8 @@ func (b *Backend) Stats() *Stats { return &b.stats }
 
 // Serve serves one QEMU front end until ctx ends (ctx.Err()), QEMU
 // disconnects (nil), Close is called (net.ErrClosed) or the guest corrupts
-// a ring (an error). Every vsock
-// connection ends with it. Serve may be called again for the next front end.
+// a ring (an error). Every vsock connection ends with it. Serve may be
+// called again for the next front end, but not concurrently.
 func (b *Backend) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { b.vln.SetDeadline(time.Unix(1, 0)) })
 	conn, err := b.vln.AcceptUnix()

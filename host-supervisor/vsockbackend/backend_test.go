@@ -15,9 +15,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sailbox/sailbox/host-supervisor/vhostuser/vhostusertest"
 )
 
 const testCID = 3
@@ -511,4 +514,73 @@ func TestCloseEndsSession(t *testing.T) {
 	if _, err := os.Stat(e.cfg.HybridSocket); !os.IsNotExist(err) {
 		t.Fatalf("hybrid socket file after Close: %v", err)
 	}
+}
+
+// QEMU's "stop" stops the rings with GET_VRING_BASE and "cont" restarts
+// them: connections survive, and a stream crossing the pause is intact.
+func TestStopContDuringStream(t *testing.T) {
+	e := startBackend(t)
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	serveEcho(g.Listen(10000))
+	c := e.hostDialRetry(t, 10000)
+	defer c.Close()
+	stop := func() [2]uint32 {
+		var bases [2]uint32
+		for i := range 2 {
+			var err error
+			if bases[i], err = g.fe.GetVringBase(uint32(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return bases
+	}
+	cont := func(bases [2]uint32) {
+		for i, q := range []*vhostusertest.DriverQueue{g.rx, g.tx} {
+			if err := g.fe.RestartQueue(q, bases[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Stopped before the stream starts: nothing may come back meanwhile.
+	bases := stop()
+	data := randBytes(4 << 20)
+	go func() {
+		c.Write(data)
+		c.(*net.UnixConn).CloseWrite()
+	}()
+	got := make(chan []byte, 1)
+	var echoed atomic.Int64
+	go func() {
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			all = append(all, buf[:n]...)
+			echoed.Add(int64(n))
+			if err != nil {
+				got <- all
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if n := echoed.Load(); n != 0 {
+		t.Fatalf("%d bytes echoed while the rings were stopped", n)
+	}
+	cont(bases)
+	for range 3 { // and a few more pauses, wherever the stream is
+		time.Sleep(5 * time.Millisecond)
+		bases := stop()
+		time.Sleep(5 * time.Millisecond)
+		cont(bases)
+	}
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, data) {
+			t.Fatalf("stream across stop/cont: %d of %d bytes back, or different bytes", len(b), len(data))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("stream did not finish after stop/cont")
+	}
+	checkClean(t, g, e)
 }

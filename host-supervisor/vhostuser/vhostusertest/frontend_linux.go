@@ -147,6 +147,12 @@ func (f *Frontend) SetMemTable(mem *GuestMemory) error {
 // StartQueue sends what QEMU sends to start a ring: NUM, BASE, ADDR, KICK,
 // CALL, ENABLE.
 func (f *Frontend) StartQueue(q *DriverQueue) error {
+	return f.RestartQueue(q, 0)
+}
+
+// RestartQueue starts a ring at avail index base, as QEMU does on "cont"
+// after "stop" (which sent GET_VRING_BASE).
+func (f *Frontend) RestartQueue(q *DriverQueue, base uint32) error {
 	i := uint32(q.Index)
 	steps := []struct {
 		req uint32
@@ -155,7 +161,7 @@ func (f *Frontend) StartQueue(q *DriverQueue) error {
 	}{
 		{vhostuser.ReqSetVringCall, vhostuser.U64(uint64(i)), []int{q.CallFd}},
 		{vhostuser.ReqSetVringNum, vhostuser.VringState{Index: i, Num: uint32(q.Size)}.Marshal(), nil},
-		{vhostuser.ReqSetVringBase, vhostuser.VringState{Index: i, Num: 0}.Marshal(), nil},
+		{vhostuser.ReqSetVringBase, vhostuser.VringState{Index: i, Num: base}.Marshal(), nil},
 		{vhostuser.ReqSetVringAddr, vhostuser.VringAddr{Index: i,
 			Desc: q.Mem.UserAddr(q.DescGPA), Used: q.Mem.UserAddr(q.UsedGPA), Avail: q.Mem.UserAddr(q.AvailGPA)}.Marshal(), nil},
 		{vhostuser.ReqSetVringKick, vhostuser.U64(uint64(i)), []int{q.KickFd}},
