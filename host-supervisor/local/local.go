@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -324,7 +325,8 @@ func privateDir(isolate bool) (string, error) {
 			firstErr = cmpErr(firstErr, err)
 			continue
 		}
-		d, err := os.MkdirTemp(b, "local-")
+		sweep(b)
+		d, err := os.MkdirTemp(b, dirPrefix)
 		if err != nil {
 			firstErr = cmpErr(firstErr, err)
 			continue
@@ -332,6 +334,44 @@ func privateDir(isolate bool) (string, error) {
 		return d, nil
 	}
 	return "", fmt.Errorf("no place for the local sandbox's directory: %w", firstErr)
+}
+
+// dirPrefix names the private directories (sweep finds stale ones by it).
+const dirPrefix = "sailbox-local-"
+
+// sweep removes private directories that killed sessions left behind (a
+// SIGKILLed host-supervisor cannot clean up; its agent died with it): ours,
+// older than a minute, with an agent log and a socket nobody listens on.
+func sweep(base string) {
+	ents, err := os.ReadDir(base)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), dirPrefix) {
+			continue
+		}
+		d := filepath.Join(base, e.Name())
+		fi, err := os.Stat(d)
+		if err != nil {
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || int(st.Uid) != os.Geteuid() || time.Since(fi.ModTime()) < time.Minute {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d, "agent.log")); err != nil {
+			continue
+		}
+		c, err := net.Dial("unix", filepath.Join(d, "agent.sock"))
+		if err == nil {
+			c.Close()
+			continue // a live session
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 func cmpErr(a, b error) error {

@@ -3,6 +3,7 @@ package local
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -158,5 +159,43 @@ func TestWorkingDirUnderTmp(t *testing.T) {
 	}
 	if got := run(t, sb.Addr, "pwd; cd \"$PWD\" && echo cd-ok"); got != dir+"\ncd-ok\n" {
 		t.Errorf("got %q, want the working dir %s", got, dir)
+	}
+}
+
+// A directory a killed session left behind is swept by the next start; a
+// live session's and a fresh one are not.
+func TestSweepsStaleDirs(t *testing.T) {
+	testcap.Root(t)
+	mk := func(age time.Duration, live bool) string {
+		d, err := os.MkdirTemp("/run/sailbox", dirPrefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		os.WriteFile(filepath.Join(d, "agent.log"), nil, 0o600)
+		ln, err := net.Listen("unix", filepath.Join(d, "agent.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if live {
+			t.Cleanup(func() { ln.Close() })
+		} else {
+			ln.(*net.UnixListener).SetUnlinkOnClose(false)
+			ln.Close()
+		}
+		old := time.Now().Add(-age)
+		os.Chtimes(d, old, old)
+		return d
+	}
+	os.MkdirAll("/run/sailbox", 0o700)
+	stale, fresh, live := mk(time.Hour, false), mk(0, false), mk(time.Hour, true)
+	startLocal(t, Options{})
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale dir %s not swept (%v)", stale, err)
+	}
+	for _, d := range []string{fresh, live} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s swept: %v", d, err)
+		}
 	}
 }

@@ -22,6 +22,8 @@ func TestLocalAgentDiesWithParent(t *testing.T) {
 	testcap.Root(t)
 	_, env := stateEnv(t)
 	tm := startTerm(t, env, "local")
+	dir := filepath.Dir(strings.TrimPrefix(tm.expect(`agent (unix://\S+)\)`)[1], "unix://"))
+	t.Cleanup(func() { os.RemoveAll(dir) }) // a SIGKILLed session cannot remove it
 	tm.expect(`local> *$`)
 	tm.send("exec -b --id orphan-to-be sleep 1001\r")
 	tm.expect(`orphan-to-be\n`)
