@@ -117,7 +117,8 @@ func run() error {
 	}
 	// The agent's services. Each is a thin layer in guest-agent/service.
 	agentv1.RegisterAgentService(srv, &service.Agent{Started: time.Now(), M: execs})
-	agentv1.RegisterExecService(srv, &service.Exec{M: execs})
+	execSvc := &service.Exec{M: execs}
+	agentv1.RegisterExecService(srv, execSvc)
 	agentv1.RegisterListenerService(srv, &service.Listener{P: listener.Prober{Logger: log}})
 	snap, err := service.NewSnapshot(service.SnapshotConfig{
 		StateDir: o.stateDir, HooksDir: o.freezeHooks, Root: o.freezeRoot, Watchdog: o.freezeWatchdog, Starter: rp, Logger: log,
@@ -135,7 +136,8 @@ func run() error {
 	}
 	log.Info("guest agent serving", "listen", o.listen, "version", version.Version, "state_dir", o.stateDir, "pid", os.Getpid())
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx, l) }()
+	// Mux: raw output connections (service/data.go) share the listener.
+	go func() { errc <- srv.Serve(ctx, execSvc.Mux(l, log)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", o.listen, err)

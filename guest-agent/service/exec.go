@@ -48,6 +48,19 @@ func (s *Exec) start(req *agentv1.StartRequest) (*execengine.Exec, bool, error) 
 }
 
 func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agentv1.Exec_OutputServer) error {
+	return s.output(ctx, req, &ttrpcSink{srv: srv})
+}
+
+// outputSink is where output goes: a ttrpc stream (Output) or a raw data
+// connection (see data.go).
+type outputSink interface {
+	// data sends up to n bytes of sp from off and returns how many it sent.
+	data(stream agentv1.Stream, sp *spool.Spool, off uint64, n uint64) (uint64, error)
+	final(st *agentv1.ExecStatus) error
+}
+
+// output serves one OutputRequest into sink.
+func (s *Exec) output(ctx context.Context, req *agentv1.OutputRequest, sink outputSink) error {
 	var (
 		e   *execengine.Exec
 		err error
@@ -79,7 +92,6 @@ func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agent
 				e.ID(), streamName(streams[i]), offsets[i], kept)
 		}
 	}
-	buf := make([]byte, OutputChunkSize)
 	for {
 		// Take the change signals before reading, so a write between the
 		// read and the wait still wakes us.
@@ -94,15 +106,15 @@ func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agent
 			if offsets[i] >= limits[i] {
 				continue
 			}
-			n, err := sp.ReadAt(buf[:min(uint64(len(buf)), limits[i]-offsets[i])], offsets[i])
+			n, err := sink.data(streams[i], sp, offsets[i], min(OutputChunkSize, limits[i]-offsets[i]))
 			if n > 0 {
-				if err := srv.Send(&agentv1.OutputChunk{Stream: streams[i], Offset: offsets[i], Data: buf[:n]}); err != nil {
-					return err
-				}
-				offsets[i] += uint64(n)
+				offsets[i] += n
 				sent = true
 			}
-			if err != nil && !errors.Is(err, io.EOF) {
+			if err != nil {
+				if errors.Is(err, errSinkBroken) {
+					return err
+				}
 				return status.Errorf(codes.Internal, "exec %s: read %s: %v", e.ID(), streamName(streams[i]), err)
 			}
 		}
@@ -113,7 +125,7 @@ func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agent
 			return nil
 		}
 		if finished {
-			return srv.Send(&agentv1.OutputChunk{Final: ExecStatusProto(e.Status())})
+			return sink.final(ExecStatusProto(e.Status()))
 		}
 		select {
 		case <-changed[0]:
@@ -123,6 +135,42 @@ func (s *Exec) Output(ctx context.Context, req *agentv1.OutputRequest, srv agent
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// errSinkBroken marks a failure to deliver (the client went away), as
+// opposed to a failure to read the output.
+var errSinkBroken = errors.New("output sink broken")
+
+type sinkError struct{ err error }
+
+func (e *sinkError) Error() string        { return e.err.Error() }
+func (e *sinkError) Is(target error) bool { return target == errSinkBroken }
+func (e *sinkError) Unwrap() error        { return e.err }
+
+// ttrpcSink sends output as OutputChunk messages of a ttrpc stream.
+type ttrpcSink struct {
+	srv agentv1.Exec_OutputServer
+	buf []byte
+}
+
+func (t *ttrpcSink) data(stream agentv1.Stream, sp *spool.Spool, off, n uint64) (uint64, error) {
+	if t.buf == nil {
+		t.buf = make([]byte, OutputChunkSize)
+	}
+	got, err := sp.ReadAt(t.buf[:min(uint64(len(t.buf)), n)], off)
+	if got > 0 {
+		if err := t.srv.Send(&agentv1.OutputChunk{Stream: stream, Offset: off, Data: t.buf[:got]}); err != nil {
+			return 0, &sinkError{err}
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return uint64(got), err
+}
+
+func (t *ttrpcSink) final(st *agentv1.ExecStatus) error {
+	return t.srv.Send(&agentv1.OutputChunk{Final: st})
 }
 
 func (s *Exec) Wait(ctx context.Context, req *agentv1.ExecRef) (*agentv1.ExecStatus, error) {

@@ -135,6 +135,22 @@ func (s *Spool) ReadAt(p []byte, off uint64) (int, error) {
 	return f.ReadAt(p, int64(off))
 }
 
+// Section returns the spool's file and how many kept bytes (at most n) can
+// be read from it at off, for a caller that copies without a user-space
+// buffer (sendfile). It returns io.EOF at the current end.
+func (s *Spool) Section(off, n uint64) (*os.File, uint64, error) {
+	s.mu.Lock()
+	kept, f := s.kept, s.f
+	s.mu.Unlock()
+	if off > kept {
+		return nil, 0, fmt.Errorf("offset %d is past the end of the output (%d bytes)", off, kept)
+	}
+	if off == kept {
+		return nil, 0, io.EOF
+	}
+	return f, min(n, kept-off), nil
+}
+
 // Remove closes and deletes the spool file.
 func (s *Spool) Remove() error {
 	s.CloseWrite()

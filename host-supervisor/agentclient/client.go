@@ -34,6 +34,11 @@ type Client struct {
 
 	relMu    sync.Mutex
 	releases []string // finished execs Run will release (see run.go)
+
+	dataMu   sync.Mutex
+	idleData *dataConn // see data.go
+	noData   bool      // the agent has no data connections
+	closed   bool
 }
 
 type conn struct {
@@ -102,6 +107,7 @@ func (c *Client) Close() error {
 		c.flushReleases(ctx)
 		cancel()
 	}
+	c.closeData()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn != nil {

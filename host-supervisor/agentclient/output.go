@@ -2,6 +2,7 @@ package agentclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -27,8 +28,12 @@ func (c *Client) CopyOutput(ctx context.Context, id string, off Offsets, follow 
 // request (Output's start field: one round trip). Each attempt also carries
 // the releases queued by Run.
 func (c *Client) copyOutput(ctx context.Context, id string, start *agentv1.StartRequest, off Offsets, follow bool, stdout, stderr io.Writer) (*agentv1.ExecStatus, Offsets, error) {
-	var final *agentv1.ExecStatus
-	err := c.call(ctx, func(cn *conn) error {
+	final, err := c.copyOutputData(ctx, &agentv1.OutputRequest{Id: id, Follow: follow, Start: start}, &off, stdout, stderr)
+	if !errors.Is(err, errNoData) {
+		return final, off, err
+	}
+	final = nil
+	err = c.call(ctx, func(cn *conn) error {
 		release := c.takeReleases()
 		stream, err := cn.exec.Output(ctx, &agentv1.OutputRequest{
 			Id: id, StdoutOffset: off.Stdout, StderrOffset: off.Stderr, Follow: follow,
