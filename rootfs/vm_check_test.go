@@ -58,7 +58,7 @@ func TestImageBootsInVM(t *testing.T) {
 			t.Logf("console:\n%s", b)
 		}
 	})
-	c, err := agentclient.New(v.AgentAddr(), agentclient.Options{Dial: transport.DialOptions{MaxBackoff: 50 * time.Millisecond}})
+	c, err := agentclient.New(v.AgentAddr(), agentclient.Options{Dial: transport.DialOptions{MaxBackoff: 50 * time.Millisecond}, DialTimeout: 3 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
