@@ -38,7 +38,7 @@ type command struct {
 	example string
 	args    argKind
 	flags   []string // for completion
-	run     func(ctx context.Context, s *Session, c *call) error
+	run     func(ctx context.Context, s *session, c *call) error
 }
 
 // call is one invocation: the raw line and its words (words[0] is the name).
@@ -86,7 +86,7 @@ func commandTable() map[string]*command {
 	return m
 }
 
-func (s *Session) sortedCommands() []*command {
+func (s *session) sortedCommands() []*command {
 	out := make([]*command, 0, len(s.commands))
 	for _, c := range s.commands {
 		out = append(out, c)
@@ -95,7 +95,7 @@ func (s *Session) sortedCommands() []*command {
 	return out
 }
 
-func cmdHelp(ctx context.Context, s *Session, c *call) error {
+func cmdHelp(ctx context.Context, s *session, c *call) error {
 	args := c.args()
 	if len(args) == 0 {
 		tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
@@ -114,7 +114,7 @@ func cmdHelp(ctx context.Context, s *Session, c *call) error {
 	return nil
 }
 
-func cmdExit(ctx context.Context, s *Session, c *call) error {
+func cmdExit(ctx context.Context, s *session, c *call) error {
 	args := c.args()
 	if len(args) > 1 {
 		return usageErr("exit", "want at most one status")
@@ -138,7 +138,7 @@ func newExecID() string {
 	return "e" + hex.EncodeToString(b[:])
 }
 
-func cmdExec(ctx context.Context, s *Session, c *call) error {
+func cmdExec(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	bg := fs.Bool("b", false, "")
@@ -202,7 +202,7 @@ func cmdExec(ctx context.Context, s *Session, c *call) error {
 
 // finalStatus reports truncated output and turns a non-zero outcome into an
 // exitError (124 timed out, 128+N killed by signal N, else the exit code).
-func (s *Session) finalStatus(st *agentv1.ExecStatus) error {
+func (s *session) finalStatus(st *agentv1.ExecStatus) error {
 	for _, x := range []struct {
 		name string
 		info *agentv1.StreamInfo
@@ -236,7 +236,7 @@ func oneID(fs *flag.FlagSet, c *call) (string, error) {
 	return pos[0], nil
 }
 
-func cmdWait(ctx context.Context, s *Session, c *call) error {
+func cmdWait(ctx context.Context, s *session, c *call) error {
 	id, err := oneID(flag.NewFlagSet("wait", flag.ContinueOnError), c)
 	if err != nil {
 		return err
@@ -252,7 +252,7 @@ func cmdWait(ctx context.Context, s *Session, c *call) error {
 	return nil
 }
 
-func cmdLogs(ctx context.Context, s *Session, c *call) error {
+func cmdLogs(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	follow := fs.Bool("f", false, "")
 	fs.BoolVar(follow, "follow", false, "")
@@ -264,7 +264,7 @@ func cmdLogs(ctx context.Context, s *Session, c *call) error {
 	return err
 }
 
-func cmdKill(ctx context.Context, s *Session, c *call) error {
+func cmdKill(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("kill", flag.ContinueOnError)
 	name := fs.String("s", "TERM", "")
 	fs.StringVar(name, "signal", "TERM", "")
@@ -281,7 +281,7 @@ func cmdKill(ctx context.Context, s *Session, c *call) error {
 	return s.b.Signal(ctx, id, sig)
 }
 
-func cmdRelease(ctx context.Context, s *Session, c *call) error {
+func cmdRelease(ctx context.Context, s *session, c *call) error {
 	id, err := oneID(flag.NewFlagSet("release", flag.ContinueOnError), c)
 	if err != nil {
 		return err
@@ -291,7 +291,7 @@ func cmdRelease(ctx context.Context, s *Session, c *call) error {
 	return s.b.Release(ctx, id)
 }
 
-func cmdPs(ctx context.Context, s *Session, c *call) error {
+func cmdPs(ctx context.Context, s *session, c *call) error {
 	if len(c.args()) > 0 {
 		return usageErr("ps", "takes no arguments")
 	}
@@ -325,7 +325,7 @@ func cmdPs(ctx context.Context, s *Session, c *call) error {
 	return tw.Flush()
 }
 
-func cmdListen(ctx context.Context, s *Session, c *call) error {
+func cmdListen(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
 	tcp := fs.Bool("tcp", false, "")
 	http := fs.Bool("http", false, "")
@@ -383,7 +383,7 @@ func protoName(p agentv1.ListenerProtocol) string {
 	return strings.ToLower(strings.TrimPrefix(p.String(), "LISTENER_PROTOCOL_"))
 }
 
-func cmdFreeze(ctx context.Context, s *Session, c *call) error {
+func cmdFreeze(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("freeze", flag.ContinueOnError)
 	wd := fs.String("watchdog", "", "")
 	pos, err := parseArgs(fs, c.args())
@@ -423,7 +423,7 @@ func cmdFreeze(ctx context.Context, s *Session, c *call) error {
 	return nil
 }
 
-func cmdThaw(ctx context.Context, s *Session, c *call) error {
+func cmdThaw(ctx context.Context, s *session, c *call) error {
 	if len(c.args()) > 0 {
 		return usageErr("thaw", "takes no arguments")
 	}
@@ -451,7 +451,7 @@ func listOrNone(l []string) string {
 	return strings.Join(l, " ")
 }
 
-func cmdInfo(ctx context.Context, s *Session, c *call) error {
+func cmdInfo(ctx context.Context, s *session, c *call) error {
 	if len(c.args()) > 0 {
 		return usageErr("info", "takes no arguments")
 	}

@@ -22,7 +22,7 @@ const maxCandidates = 200
 
 // completer completes commands, flags, exec ids (from List) and remote paths
 // (listed through the agent). It implements readline.AutoCompleter.
-type completer struct{ s *Session }
+type completer struct{ s *session }
 
 // Do returns the candidates' remaining parts for the word before pos, and
 // the length of that word.
@@ -53,7 +53,7 @@ func currentWord(head string) (string, []string) {
 
 // candidates returns whole words that complete cur (with a trailing blank
 // when the word is finished, none after a directory).
-func (s *Session) candidates(before []string, cur string) []string {
+func (s *session) candidates(before []string, cur string) []string {
 	if len(before) == 0 {
 		var out []string
 		for _, c := range s.sortedCommands() {
@@ -111,7 +111,7 @@ func takesValue(flag string) bool {
 	return false
 }
 
-func (s *Session) execIDs(cur string) []string {
+func (s *session) execIDs(cur string) []string {
 	ctx, cancel := context.WithTimeout(context.Background(), completeTimeout)
 	defer cancel()
 	list, err := s.b.List(ctx)
@@ -136,7 +136,7 @@ type DirLister interface {
 }
 
 // remotePaths completes a path in the sandbox.
-func (s *Session) remotePaths(cur string, dirsOnly bool) []string {
+func (s *session) remotePaths(cur string, dirsOnly bool) []string {
 	dir, base := path.Split(cur)
 	ctx, cancel := context.WithTimeout(context.Background(), completeTimeout)
 	defer cancel()
@@ -163,7 +163,7 @@ func (s *Session) remotePaths(cur string, dirsOnly bool) []string {
 	return out
 }
 
-func (s *Session) listRemoteDir(ctx context.Context, dir string) ([]string, error) {
+func (s *session) listRemoteDir(ctx context.Context, dir string) ([]string, error) {
 	if l, ok := s.b.(DirLister); ok {
 		return l.ListDir(ctx, dir)
 	}

@@ -31,7 +31,7 @@ func filesCommands() []*command {
 	}
 }
 
-func cmdWrite(ctx context.Context, s *Session, c *call) error {
+func cmdWrite(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("write", flag.ContinueOnError)
 	from := fs.String("from", "", "")
 	modeFlag := fs.String("mode", "", "")
@@ -70,7 +70,7 @@ func cmdWrite(ctx context.Context, s *Session, c *call) error {
 	return nil
 }
 
-func cmdRead(ctx context.Context, s *Session, c *call) error {
+func cmdRead(ctx context.Context, s *session, c *call) error {
 	fs := flag.NewFlagSet("read", flag.ContinueOnError)
 	to := fs.String("to", "", "")
 	pos, err := parseArgs(fs, c.args())
@@ -106,7 +106,7 @@ func cmdRead(ctx context.Context, s *Session, c *call) error {
 	return nil
 }
 
-func cmdStat(ctx context.Context, s *Session, c *call) error {
+func cmdStat(ctx context.Context, s *session, c *call) error {
 	pos, err := parseArgs(flag.NewFlagSet("stat", flag.ContinueOnError), c.args())
 	if err != nil {
 		return err

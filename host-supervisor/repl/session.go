@@ -47,8 +47,8 @@ type Config struct {
 	KeepFinished bool
 }
 
-// Session is one REPL session.
-type Session struct {
+// session is one REPL session.
+type session struct {
 	cfg         Config
 	b           Backend
 	out, err    io.Writer
@@ -77,11 +77,11 @@ func Run(ctx context.Context, cfg Config) int {
 	return s.runScript(ctx)
 }
 
-func newSession(cfg Config) *Session {
+func newSession(cfg Config) *session {
 	if cfg.Prompt == "" {
 		cfg.Prompt = "sailbox> "
 	}
-	s := &Session{cfg: cfg, b: cfg.Backend, out: cfg.Out, err: cfg.Err, commands: commandTable()}
+	s := &session{cfg: cfg, b: cfg.Backend, out: cfg.Out, err: cfg.Err, commands: commandTable()}
 	if f, ok := cfg.In.(*os.File); ok && f == os.Stdin && term.IsTerminal(int(f.Fd())) {
 		s.interactive = true
 	}
@@ -107,7 +107,7 @@ func statusCode(err error) int {
 }
 
 // report prints a failed command's error on one line.
-func (s *Session) report(err error) {
+func (s *session) report(err error) {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		fmt.Fprintf(s.err, "[%s]\n", ee.what)
@@ -145,7 +145,7 @@ var errExit = errors.New("exit")
 
 // execute runs one command line. Ctrl-C while it runs interrupts the
 // foreground remote command, or else cancels the command.
-func (s *Session) execute(ctx context.Context, line string) error {
+func (s *session) execute(ctx context.Context, line string) error {
 	ws, open := splitWords(line)
 	if open {
 		return invalid("unterminated quote")
@@ -185,7 +185,7 @@ func (s *Session) execute(ctx context.Context, line string) error {
 	return err
 }
 
-func (s *Session) gone() bool {
+func (s *session) gone() bool {
 	if s.cfg.Gone == nil {
 		return false
 	}
@@ -198,7 +198,7 @@ func (s *Session) gone() bool {
 }
 
 // interrupt handles Ctrl-C (SIGINT) while a command runs.
-func (s *Session) interrupt() {
+func (s *session) interrupt() {
 	s.mu.Lock()
 	id, cancel := s.fg, s.cancel
 	if id != "" {
@@ -240,13 +240,13 @@ func (s *Session) interrupt() {
 }
 
 // setForeground makes id the exec that Ctrl-C signals ("" for none).
-func (s *Session) setForeground(id string) {
+func (s *session) setForeground(id string) {
 	s.mu.Lock()
 	s.fg, s.fgInts = id, 0
 	s.mu.Unlock()
 }
 
-func (s *Session) handleSignals() (stop func()) {
+func (s *session) handleSignals() (stop func()) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT)
 	done := make(chan struct{})
@@ -264,7 +264,7 @@ func (s *Session) handleSignals() (stop func()) {
 }
 
 // runScript reads commands line by line and stops at the first failure.
-func (s *Session) runScript(ctx context.Context) int {
+func (s *session) runScript(ctx context.Context) int {
 	defer s.handleSignals()()
 	sc := bufio.NewScanner(s.cfg.In)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -305,7 +305,7 @@ func exitCodeOf(err error) int {
 
 // runInteractive reads commands with line editing, history and completion.
 // Errors are printed and the session goes on.
-func (s *Session) runInteractive(ctx context.Context) int {
+func (s *session) runInteractive(ctx context.Context) int {
 	hist := s.cfg.HistoryFile
 	if hist == "" {
 		hist = DefaultHistoryFile()

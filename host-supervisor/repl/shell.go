@@ -28,7 +28,7 @@ const defaultShell = `exec "${SHELL:-/bin/sh}"`
 // in raw mode: keystrokes go to it (Ctrl-C included), its output comes
 // back, window size changes are forwarded. Ctrl-] leaves: the remote side
 // gets SIGHUP (as when a terminal closes), then SIGKILL if it lingers.
-func cmdShell(ctx context.Context, s *Session, c *call) error {
+func cmdShell(ctx context.Context, s *session, c *call) error {
 	if !s.interactive {
 		return status.Error(codes.FailedPrecondition, "shell: needs a terminal (standard input is not one)")
 	}
