@@ -197,12 +197,38 @@ func openPty(rows, cols uint16) (*os.File, *os.File, error) {
 	return os.NewFile(uintptr(dup), "ptmx"), tty, nil
 }
 
+// spliceMax is the most one splice moves from an output pipe to its spool.
+const spliceMax = pipeSize
+
 // copyOutput drains src into dst until EOF (or EIO: a pty whose other side
-// has closed).
+// has closed). From a pipe it splices (no copy through user space) until the
+// spool cannot take more (the cap), then reads and counts the rest.
 func copyOutput(src *os.File, dst *spool.Spool) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return
+	}
+	for {
+		var (
+			n    int
+			serr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			n, serr = dst.Splice(int(fd), spliceMax)
+			return serr != unix.EAGAIN
+		})
+		if err != nil {
+			return // closed by release
+		}
+		if errors.Is(serr, spool.ErrNoSplice) {
+			break
+		}
+		if serr == unix.EINTR {
+			continue
+		}
+		if serr != nil || n == 0 {
+			return
+		}
 	}
 	for {
 		var (

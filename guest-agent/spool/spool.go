@@ -7,6 +7,7 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -82,6 +83,47 @@ func (s *Spool) Write(p []byte) (int, error) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	return len(p), nil
+}
+
+// ErrNoSplice means Splice cannot take data: the cap is reached, the file
+// failed, or the source is not a pipe. Nothing was consumed: use Write.
+var ErrNoSplice = errors.New("spool: cannot splice")
+
+// Splice moves up to max bytes from the pipe fd (non-blocking) into the
+// spool without a user-space copy. It returns 0, nil at the pipe's EOF and
+// unix.EAGAIN when the pipe is empty.
+func (s *Spool) Splice(fd int, max int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, os.ErrClosed
+	}
+	room := s.cap - min(s.kept, s.cap)
+	if room == 0 || s.werr != nil {
+		return 0, ErrNoSplice
+	}
+	if s.f == nil {
+		if err := s.open(); err != nil {
+			s.werr = err
+			s.cap = s.kept
+			return 0, ErrNoSplice
+		}
+	}
+	off := int64(s.kept)
+	n, err := unix.Splice(fd, nil, int(s.f.Fd()), &off, int(min(uint64(max), room)), unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	switch {
+	case err == unix.EINVAL && n <= 0:
+		return 0, ErrNoSplice
+	case err != nil:
+		return 0, err
+	case n == 0:
+		return 0, nil
+	}
+	s.kept += uint64(n)
+	s.total += uint64(n)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return int(n), nil
 }
 
 // CloseWrite marks the end of the stream and wakes followers.
