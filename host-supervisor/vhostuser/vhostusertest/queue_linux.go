@@ -253,3 +253,9 @@ func (q *DriverQueue) Reserve(n int) ([]uint16, error) {
 
 // AvailIdx is the driver's avail index.
 func (q *DriverQueue) AvailIdx() uint16 { return q.availIdx }
+
+// DrainCall consumes a pending notification, if any, without waiting.
+func (q *DriverQueue) DrainCall() {
+	var b [8]byte
+	unix.Read(q.CallFd, b[:])
+}
