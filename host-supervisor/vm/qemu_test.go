@@ -18,10 +18,7 @@ func bootImage(t testing.TB, k Kernel, mods []string) string {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	initBin := filepath.Join(dir, "imageinit")
-	if err := BuildArm64(ctx, "github.com/sailbox/sailbox/imageinit", initBin); err != nil {
-		t.Fatal(err)
-	}
+	initBin := filepath.Join(guestBinaries(t), "imageinit")
 	bb, err := (&Fetcher{}).Busybox(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -80,12 +80,9 @@ func makeRootImage(t *testing.T, ctx context.Context) (root, disk string) {
 	for _, d := range []string{"sbin", "usr/bin", "bin", "etc/sailbox", "proc", "sys", "dev", "run", "tmp"} {
 		os.MkdirAll(filepath.Join(root, d), 0o755)
 	}
-	if err := BuildArm64(ctx, "github.com/sailbox/sailbox/imageinit", filepath.Join(root, "sbin/init")); err != nil {
-		t.Fatal(err)
-	}
-	if err := BuildArm64(ctx, "github.com/sailbox/sailbox/guest-agent", filepath.Join(root, "usr/bin/guest-agent")); err != nil {
-		t.Fatal(err)
-	}
+	bin := guestBinaries(t)
+	copyFile(t, filepath.Join(bin, "imageinit"), filepath.Join(root, "sbin/init"))
+	copyFile(t, filepath.Join(bin, "guest-agent"), filepath.Join(root, "usr/bin/guest-agent"))
 	b, _ := os.ReadFile(bb)
 	os.WriteFile(filepath.Join(root, "bin/busybox"), b, 0o755)
 	for _, a := range busyboxApplets {

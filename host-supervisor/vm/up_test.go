@@ -36,14 +36,9 @@ func TestRunUp(t *testing.T) {
 	needVM(t)
 	testcap.Command(t, "mkfs.ext4")
 	testKernel(t)
-	bin := t.TempDir()
+	bin := guestBinaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for _, p := range []string{"imageinit", "guest-agent"} {
-		if err := BuildArm64(ctx, "github.com/sailbox/sailbox/"+p, filepath.Join(bin, p)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	data := t.TempDir()
 	os.WriteFile(filepath.Join(data, "hello.txt"), []byte("hello-data\n"), 0o644)
 	dir := t.TempDir()
@@ -113,14 +108,9 @@ func waitAgentLine(t *testing.T, stdout, stderr *lockedBuf, done <-chan int) str
 func TestRunUpREPL(t *testing.T) {
 	needVM(t)
 	testKernel(t)
-	bin := t.TempDir()
+	bin := guestBinaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for _, p := range []string{"imageinit", "guest-agent"} {
-		if err := BuildArm64(ctx, "github.com/sailbox/sailbox/"+p, filepath.Join(bin, p)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var stdout, stderr lockedBuf
 	rc := RunUpIO(ctx, []string{"--name", "repltest", "--dir", t.TempDir(), "--init", filepath.Join(bin, "imageinit"),
 		"--agent", filepath.Join(bin, "guest-agent"), "--repl", "true"}, strings.NewReader("exec uname -m\nexec hostname\n"), &stdout, &stderr)
