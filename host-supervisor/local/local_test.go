@@ -199,3 +199,27 @@ func TestSweepsStaleDirs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStartClose: a local sandbox from nothing to an answering agent,
+// and its teardown; isolated (namespaces, re-exec, mounts) against plain.
+func BenchmarkStartClose(b *testing.B) {
+	for _, plain := range []bool{true, false} {
+		name := "plain"
+		if !plain {
+			name = "isolated"
+			if os.Geteuid() != 0 {
+				continue
+			}
+		}
+		b.Run(name, func(b *testing.B) {
+			bin := filepath.Join(agenttest.Binaries(b), "guest-agent")
+			for b.Loop() {
+				sb, err := Start(context.Background(), Options{AgentBin: bin, Plain: plain, Dir: "/"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				sb.Close()
+			}
+		})
+	}
+}
