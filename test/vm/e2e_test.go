@@ -64,7 +64,10 @@ func prepare(t testing.TB) artefacts {
 		t.Fatal(err)
 	}
 	cli := filepath.Join(dir, "host-supervisor")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", cli, "github.com/sailbox/sailbox/host-supervisor").CombinedOutput(); err != nil {
+	// The Makefile's flags, so a `make build` before `go test` leaves it cached.
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", cli, "github.com/sailbox/sailbox/host-supervisor")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build host-supervisor: %v\n%s", err, out)
 	}
 	built := time.Since(start) - fetched
