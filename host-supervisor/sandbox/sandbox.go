@@ -1,10 +1,3 @@
-// Package sandbox is the supervisor's registry of sandboxes: id → agent
-// address, checkpoint generation and labels (journalled in the execstore),
-// each with one reconnecting agent client kept healthy by pings.
-//
-// A dropped agent connection is normal (every snapshot resets vsock): the
-// health loop notices, the client redials, and a connection that stalls
-// (pings time out) is closed so every call on it redials instead of hanging.
 package sandbox
 
 import (
@@ -51,9 +44,10 @@ type Sandbox struct {
 	Addr   string
 	Client *agentclient.Client
 
-	ctx    context.Context // ends when the sandbox is removed or the registry closed
-	cancel context.CancelFunc
-	done   chan struct{} // the health loop ended
+	ctx     context.Context // ends when the sandbox is removed or the registry closed
+	cancel  context.CancelFunc
+	done    chan struct{} // the health loop ended
+	checked chan struct{} // the first health check is done
 
 	mu         sync.Mutex
 	generation uint64
@@ -123,6 +117,7 @@ func (s *Sandbox) Proto() *supervisorv1.Sandbox {
 // health pings the agent until the sandbox goes away.
 func (s *Sandbox) health(cfg Config, log *slog.Logger) {
 	defer close(s.done)
+	first := true
 	fails := 0
 	t := time.NewTicker(cfg.PingInterval)
 	defer t.Stop()
@@ -153,6 +148,10 @@ func (s *Sandbox) health(cfg Config, log *slog.Logger) {
 			s.instance = inst
 		}
 		s.mu.Unlock()
+		if first {
+			close(s.checked)
+			first = false
+		}
 		if fails >= 2 {
 			// A stalled link: close it so every call on it redials.
 			s.Client.Close()
@@ -218,7 +217,7 @@ func (r *Registry) add(p *supervisorv1.Sandbox) (*Sandbox, error) {
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	s := &Sandbox{
-		ID: p.Id, Addr: p.Agent, Client: cl, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		ID: p.Id, Addr: p.Agent, Client: cl, ctx: ctx, cancel: cancel, done: make(chan struct{}), checked: make(chan struct{}),
 		generation: p.Generation, labels: maps.Clone(p.Labels),
 	}
 	r.m[s.ID] = s
@@ -228,7 +227,8 @@ func (r *Registry) add(p *supervisorv1.Sandbox) (*Sandbox, error) {
 
 // Add registers a sandbox, or updates the labels of a registered one with
 // the same agent address. Another address under a registered id is
-// FailedPrecondition (remove it first).
+// FailedPrecondition (remove it first). It returns after the first health
+// check (or about PingTimeout), so the state it reports is current.
 func (r *Registry) Add(id, agent string, labels map[string]string) (*Sandbox, error) {
 	if !idPattern.MatchString(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "sandbox id %q: want 1-128 characters of [A-Za-z0-9._-]", id)
@@ -236,6 +236,19 @@ func (r *Registry) Add(id, agent string, labels map[string]string) (*Sandbox, er
 	if _, err := transport.Parse(agent); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "sandbox %s: agent address: %v", id, err)
 	}
+	s, err := r.addOrUpdate(id, agent, labels)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-s.checked:
+	case <-s.done:
+	case <-time.After(r.cfg.PingTimeout + 100*time.Millisecond):
+	}
+	return s, nil
+}
+
+func (r *Registry) addOrUpdate(id, agent string, labels map[string]string) (*Sandbox, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s, ok := r.m[id]; ok {
