@@ -330,10 +330,11 @@ func (s *Store) Delete(id string) error {
 
 // Expire deletes final records that ended before cutoff, and the oldest
 // final records beyond keep (keep <= 0: no count limit). It returns the
-// deleted ids (their output files are the caller's).
+// deleted ids (their output files are the caller's). The scan runs in a
+// read transaction so commits of running execs are not held up by it.
 func (s *Store) Expire(cutoff time.Time, keep int) (deleted []string, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		deleted = nil
+	var victims []string
+	err = s.db.View(func(tx *bolt.Tx) error {
 		var final []*Record
 		c := tx.Bucket(bucketOrder).Cursor()
 		for k, id := c.First(); k != nil; k, id = c.Next() {
@@ -342,7 +343,7 @@ func (s *Store) Expire(cutoff time.Time, keep int) (deleted []string, err error)
 				return err
 			}
 			if IsFinal(r.State) {
-				final = append(final, r)
+				final = append(final, &Record{Id: r.Id, EndedUnixNano: r.EndedUnixNano})
 			}
 		}
 		over := 0
@@ -351,11 +352,28 @@ func (s *Store) Expire(cutoff time.Time, keep int) (deleted []string, err error)
 		}
 		for i, r := range final {
 			if i < over || (!cutoff.IsZero() && r.EndedUnixNano < cutoff.UnixNano()) {
-				if err := deleteRecord(tx, r); err != nil {
-					return err
-				}
-				deleted = append(deleted, r.Id)
+				victims = append(victims, r.Id)
 			}
+		}
+		return nil
+	})
+	if err != nil || len(victims) == 0 {
+		return nil, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		deleted = deleted[:0]
+		for _, id := range victims {
+			r, err := getRecord(tx, id)
+			if IsNotFound(err) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			if err := deleteRecord(tx, r); err != nil {
+				return err
+			}
+			deleted = append(deleted, id)
 		}
 		return nil
 	})
