@@ -402,4 +402,3 @@ func TestOrphansAreReaped(t *testing.T) {
 		t.Fatalf("zombies: %v", z)
 	}
 }
-
