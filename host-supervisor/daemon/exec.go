@@ -287,10 +287,19 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 	kept := func(r *execstore.Record) [2]uint64 {
 		return [2]uint64{r.GetStdout().GetKept(), r.GetStderr().GetKept()}
 	}
-	for i := range offsets {
-		if k := kept(r)[i]; offsets[i] > k {
-			return status.Errorf(codes.OutOfRange, "exec %s: %s offset %d is past the end of the output (%d bytes)", req.Id, streams[i], offsets[i], k)
+	// An offset past what is stored is fine while the exec runs: a client
+	// may have read bytes the daemon served but had not journalled before a
+	// crash; they are copied again from the agent (the same bytes).
+	pastEnd := func(r *execstore.Record) error {
+		for i := range offsets {
+			if k := kept(r)[i]; offsets[i] > k && execstore.IsFinal(r.State) {
+				return status.Errorf(codes.OutOfRange, "exec %s: %s offset %d is past the end of the output (%d bytes)", req.Id, streams[i], offsets[i], k)
+			}
 		}
+		return nil
+	}
+	if err := pastEnd(r); err != nil {
+		return err
 	}
 	var stored *storedOutput // once the exec is no longer live
 	defer func() {
@@ -376,6 +385,9 @@ func (d *Daemon) ExecOutput(ctx context.Context, req *supervisorv1.ExecOutputReq
 			return nil
 		}
 		if execstore.IsFinal(r.State) {
+			if err := pastEnd(r); err != nil {
+				return err
+			}
 			return send(&supervisorv1.ExecOutputChunk{Final: r})
 		}
 		if l == nil {

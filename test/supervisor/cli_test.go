@@ -2,9 +2,11 @@ package supervisor
 
 import (
 	"bytes"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sailbox/sailbox/internal/agenttest"
 )
@@ -67,6 +69,29 @@ func TestCLIThroughSupervisor(t *testing.T) {
 	r = runCLI(t, nil, append([]string{"ps"}, sup...)...)
 	if !strings.Contains(r.stdout, "job1") || r.code != 0 {
 		t.Fatalf("ps: %+v", r)
+	}
+
+	// A foreground exec streams on through a kill -9 and restart of the
+	// daemon: exact output (nothing lost, nothing doubled), right status.
+	cmd := exec.Command(agenttest.Supervisor(t), append(append([]string{"exec"}, sup...),
+		"--", "for i in $(seq 1 40); do echo line $i; echo e$i >&2; sleep 0.05; done; exit 4")...)
+	cmd.Env = env()
+	var fgOut, fgErr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &fgOut, &fgErr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	d.KillHard()
+	d.Start()
+	err := cmd.Wait()
+	var wantOut, wantErr strings.Builder
+	for i := 1; i <= 40; i++ {
+		fmt.Fprintf(&wantOut, "line %d\n", i)
+		fmt.Fprintf(&wantErr, "e%d\n", i)
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 4 || fgOut.String() != wantOut.String() || fgErr.String() != wantErr.String() {
+		t.Fatalf("foreground exec across a daemon crash: %v\nstdout %q\nstderr %q", err, fgOut.String(), fgErr.String())
 	}
 
 	// A checkpoint, an exec after it, a restore: the exec is lost, not replayed.
