@@ -36,8 +36,8 @@ type Client struct {
 	releases []string // finished execs Run will release (see run.go)
 
 	dataMu   sync.Mutex
-	idleData *dataConn // see data.go
-	noData   bool      // the agent has no data connections
+	idleData []*dataConn // see data.go
+	noData   bool        // the agent has no data connections
 	closed   bool
 }
 

@@ -20,8 +20,8 @@ import (
 
 // Output moves over a data connection when the agent offers them
 // (package agentdata): raw frames, sent by the agent with
-// sendfile, instead of ttrpc messages. One idle data connection is kept for
-// the next call. An agent that does not echo the greeting gets ttrpc.
+// sendfile, instead of ttrpc messages. Idle data connections are kept for
+// the next calls (up to maxIdleData). An agent that does not echo the greeting gets ttrpc.
 
 // greetingTimeout bounds the wait for the agent's echo of the greeting.
 const greetingTimeout = 2 * time.Second
@@ -39,8 +39,9 @@ type dataConn struct {
 // getData returns the idle data connection or dials one.
 func (c *Client) getData(ctx context.Context) (*dataConn, error) {
 	c.dataMu.Lock()
-	if d := c.idleData; d != nil {
-		c.idleData = nil
+	if n := len(c.idleData); n > 0 {
+		d := c.idleData[n-1]
+		c.idleData = c.idleData[:n-1]
 		c.dataMu.Unlock()
 		return d, nil
 	}
@@ -78,26 +79,29 @@ func (c *Client) getData(ctx context.Context) (*dataConn, error) {
 	return &dataConn{nc: nc}, nil
 }
 
+// maxIdleData bounds the idle data connections kept for concurrent callers.
+const maxIdleData = 64
+
 // putData keeps a clean connection (between requests) for the next call.
 func (c *Client) putData(d *dataConn) {
 	c.dataMu.Lock()
 	defer c.dataMu.Unlock()
-	if c.idleData == nil && !c.closed {
-		c.idleData = d
+	if len(c.idleData) < maxIdleData && !c.closed {
+		c.idleData = append(c.idleData, d)
 		return
 	}
 	d.nc.Close()
 }
 
-// closeData closes the idle data connection.
+// closeData closes the idle data connections.
 func (c *Client) closeData() {
 	c.dataMu.Lock()
 	defer c.dataMu.Unlock()
 	c.closed = true
-	if c.idleData != nil {
-		c.idleData.nc.Close()
-		c.idleData = nil
+	for _, d := range c.idleData {
+		d.nc.Close()
 	}
+	c.idleData = nil
 }
 
 // copyOutputData is copyOutput over data connections, with the same retry
