@@ -584,3 +584,67 @@ func TestStopContDuringStream(t *testing.T) {
 	}
 	checkClean(t, g, e)
 }
+
+// A guest that never answers a connect: the client is closed without a
+// reply after connectTimeout, and the guest gets a RST for the request.
+func TestGuestDoesNotAnswer(t *testing.T) {
+	old := connectTimeout
+	connectTimeout = 200 * time.Millisecond
+	defer func() { connectTimeout = old }()
+	e := startBackend(t)
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	g.Listen(10000)
+	g.mu.Lock()
+	g.silent = true
+	g.mu.Unlock()
+	start := time.Now()
+	if _, err := e.hostDial(10000); err == nil || !strings.Contains(err.Error(), "no OK") {
+		t.Fatalf("dial to a silent guest: %v, want closed without reply", err)
+	}
+	if d := time.Since(start); d < connectTimeout || d > 5*time.Second {
+		t.Fatalf("closed after %v, want about %v", d, connectTimeout)
+	}
+	waitCounter(t, "RSTsSent", e.b.stats.RSTsSent.Load, 1)
+	waitNoConns(t, e)
+}
+
+// A host listener that accepts and closes at once: the guest reads EOF
+// and its writes end in RST.
+func TestHostClosesAtOnce(t *testing.T) {
+	e := startBackend(t)
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	ln, err := net.Listen("unix", e.cfg.HybridSocket+"_7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	gc, err := g.Dial(7000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(gc); err != nil || len(b) != 0 {
+		t.Fatalf("guest read %d bytes, %v; want EOF", len(b), err)
+	}
+	// Only a write tells a half-close from a close.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := gc.Write([]byte("x")); err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !gc.WaitClosed(5 * time.Second) {
+		t.Fatal("connection to a closed host socket never reset")
+	}
+	waitNoConns(t, e)
+	checkClean(t, g, e)
+}

@@ -32,9 +32,6 @@ const (
 	// connections waiting for rx buffers; beyond it they are dropped (the
 	// guest times out instead).
 	maxQueuedRaw = 4096
-	// connectTimeout bounds how long a host→guest connect waits for the
-	// guest's RESPONSE, and a guest→host dial of the host listener.
-	connectTimeout = 5 * time.Second
 	// maxTxBatch bounds the tx chains handled under the lock per kick, so a
 	// guest that keeps the ring full cannot hold the device forever.
 	maxTxBatch = 1024
@@ -50,6 +47,11 @@ const (
 	ctlShutdown
 	ctlCreditUpdate
 )
+
+// connectTimeout bounds how long a host→guest connect waits for the
+// guest's RESPONSE, and a guest→host dial of the host listener. A variable
+// so that tests can shorten it.
+var connectTimeout = 5 * time.Second
 
 // maxConns bounds the connections of one guest; a REQUEST or CONNECT
 // beyond it is refused. A variable so that tests can lower it.

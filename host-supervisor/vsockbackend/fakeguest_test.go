@@ -45,6 +45,7 @@ type fakeGuest struct {
 	nextPort   uint32
 	violations []string
 	bufAlloc   uint32
+	silent     bool // ignore connection requests (a hung guest)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -368,6 +369,9 @@ func (g *fakeGuest) handle(b []byte, out []outPkt) []outPkt {
 	if c == nil {
 		switch h.Op {
 		case OpRequest:
+			if g.silent {
+				return out
+			}
 			ln := g.listeners[h.DstPort]
 			if ln == nil {
 				return append(out, rst)
