@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	"github.com/sailbox/sailbox/imageinit/pid1"
 	"github.com/sailbox/sailbox/protocol/transport"
 )
@@ -491,3 +492,29 @@ func (v *VM) CPUTime() time.Duration {
 
 // clockTicks is USER_HZ, 100 on Linux for every architecture Go supports.
 const clockTicks = 100
+
+// WaitAgent waits until the guest agent answers a Ping through the hybrid
+// vsock socket and returns the time from QEMU's start.
+func (v *VM) WaitAgent(ctx context.Context) (time.Duration, error) {
+	if v.vsock == nil {
+		return 0, fmt.Errorf("vm %s: no vsock device to reach the agent", v.cfg.Name)
+	}
+	c, err := agentclient.New(v.AgentAddr(), agentclient.Options{Dial: transport.DialOptions{MaxBackoff: 50 * time.Millisecond}, Logger: v.log})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // QEMU gone: stop waiting
+		select {
+		case <-v.exited:
+			cancel()
+		case <-pctx.Done():
+		}
+	}()
+	if err := c.Ping(pctx); err != nil {
+		return 0, fmt.Errorf("vm %s: waiting for the agent at %s: %w; console:\n%s", v.cfg.Name, v.AgentAddr(), err, v.ConsoleTail())
+	}
+	return time.Since(v.started), nil
+}

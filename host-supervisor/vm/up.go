@@ -40,9 +40,8 @@ type UpOptions struct {
 }
 
 // Up fetches the kernel and busybox (cached), writes the initramfs and
-// boots the VM with the vsock backend. It returns once imageinit is ready;
-// the agent is then reachable at vm.AgentAddr() (Dial retries until it
-// listens).
+// boots the VM with the vsock backend. It returns once the agent answers
+// at vm.AgentAddr().
 func Up(ctx context.Context, o UpOptions) (*VM, error) {
 	if o.Name == "" {
 		o.Name = "sailbox"
@@ -117,6 +116,10 @@ func Up(ctx context.Context, o UpOptions) (*VM, error) {
 		return nil, err
 	}
 	if _, err := v.WaitReady(ctx); err != nil {
+		v.Kill()
+		return nil, err
+	}
+	if _, err := v.WaitAgent(ctx); err != nil {
 		v.Kill()
 		return nil, err
 	}
