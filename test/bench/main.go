@@ -83,10 +83,10 @@ func plan() []*run {
 	return []*run{
 		{key: "exec", pkg: "./test/bench", bench: "ExecRoundTrip", benchtime: "400x", timeout: 3 * m},
 		{key: "ssh", pkg: "./test/bench", bench: "ExecVsSSH", benchtime: "20x", timeout: 3 * m},
-		{key: "supervisor", pkg: "./test/supervisor", bench: "SupervisorExec|Throughput|DurableExec|ExecsPerSecond", benchtime: "1x", timeout: 3 * m},
+		{key: "supervisor", pkg: "./test/supervisor", bench: "DurableVsDirect", benchtime: "2x", timeout: 4 * m},
 		{key: "stream", pkg: "./test/bench", bench: "OutputStream", benchtime: "3x", timeout: 3 * m},
-		{key: "files-e2e", pkg: "./test/e2e", bench: "Files|FileWrite|FileRead|WriteRead|File256MiB", benchtime: "1x", timeout: 3 * m},
-		{key: "files", pkg: "./guest-agent/files", bench: "Files|FileWrite|FileRead|WriteRead|File256MiB", benchtime: "1x", timeout: 3 * m},
+		{key: "files", pkg: "./test/e2e", bench: "FileWrite256MiB|FileRead256MiB", benchtime: "2x", timeout: 3 * m},
+		{key: "files-ssh", pkg: "./test/bench", bench: "FileVsSSH", benchtime: "2x", timeout: 3 * m},
 		{key: "memory", pkg: "./test/bench", bench: "AgentMemory", benchtime: "1x", timeout: 2 * m},
 		{key: "listener", pkg: "./guest-agent/listener", bench: "DetectionLatency", benchtime: "20x", timeout: 3 * m},
 		{key: "netfilter", pkg: "./netfilter", bench: "Filter", benchtime: "1x", timeout: 3 * m},
