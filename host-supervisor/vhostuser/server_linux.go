@@ -88,7 +88,7 @@ func Serve(ctx context.Context, conn *net.UnixConn, dev Device, log *slog.Logger
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+			if frontEndGone(err) {
 				return nil
 			}
 			return err
@@ -108,9 +108,19 @@ func Serve(ctx context.Context, conn *net.UnixConn, dev Device, log *slog.Logger
 			err = s.write(h.Request, U64(status))
 		}
 		if err != nil {
+			if frontEndGone(err) {
+				return nil
+			}
 			return fmt.Errorf("vhost-user reply to %s: %w", RequestName(h.Request), err)
 		}
 	}
+}
+
+// frontEndGone tells a front end that went away (QEMU exited or was
+// killed) from a protocol error.
+func frontEndGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE)
 }
 
 func (s *Server) write(req uint32, payload []byte) error {
