@@ -486,19 +486,23 @@ func mapRegions(descs []RegionDesc, fds []int) (*Memory, error) {
 		return first
 	}
 	regions := make([]Region, len(descs))
+	page := uint64(unix.Getpagesize())
 	for i, d := range descs {
-		total := d.MmapOffset + d.Size
-		if d.Size == 0 || total < d.Size || total > 1<<40 {
+		// Map from the page holding MmapOffset, not from the file's start.
+		base := d.MmapOffset &^ (page - 1)
+		lead := d.MmapOffset - base
+		total := lead + d.Size
+		if d.Size == 0 || total < d.Size || total > 1<<40 || base > 1<<62 {
 			unmap()
 			return nil, fmt.Errorf("mem table region %d: size %#x offset %#x", i, d.Size, d.MmapOffset)
 		}
-		m, err := unix.Mmap(fds[i], 0, int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		m, err := unix.Mmap(fds[i], int64(base), int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			unmap()
-			return nil, fmt.Errorf("mem table region %d: mmap %#x bytes: %w", i, total, err)
+			return nil, fmt.Errorf("mem table region %d: mmap %#x bytes at %#x: %w", i, total, base, err)
 		}
 		maps = append(maps, m)
-		regions[i] = Region{GuestAddr: d.GuestAddr, UserAddr: d.UserAddr, Data: m[d.MmapOffset:total:total]}
+		regions[i] = Region{GuestAddr: d.GuestAddr, UserAddr: d.UserAddr, Data: m[lead:total:total]}
 	}
 	mem, err := NewMemory(regions)
 	if err != nil {

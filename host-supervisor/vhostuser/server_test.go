@@ -301,3 +301,35 @@ func TestRejectsBadRequests(t *testing.T) {
 		t.Fatal("Serve did not end after a bad header")
 	}
 }
+
+// Guest memory in two regions (the second mapped at a file offset), with
+// buffers that straddle the boundary.
+func TestSplitMemoryRegions(t *testing.T) {
+	r := newRig(t, true)
+	const at = 512 << 10
+	if err := r.fe.SetMemTableSplit(r.mem, at); err != nil {
+		t.Fatal(err)
+	}
+	msg := "straddling the boundary"
+	for _, c := range []struct{ in, out uint64 }{
+		{r.mem.GPA + at - 7, r.mem.GPA + at + 1024}, // readable buffer across the boundary
+		{r.inGPA, r.mem.GPA + at - 5},               // writable buffer across the boundary
+	} {
+		copy(r.mem.Bytes(c.in, len(msg)), msg)
+		r.q.Add([]vhostusertest.Buf{{GPA: c.in, Len: uint32(len(msg))}, {GPA: c.out, Len: 64, Write: true}})
+		r.q.Kick()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		for {
+			if _, n, ok := r.q.Used(); ok {
+				if got := string(r.mem.Bytes(c.out, int(n))); got != "STRADDLING THE BOUNDARY" {
+					t.Fatalf("got %q", got)
+				}
+				break
+			}
+			if err := r.q.WaitCall(ctx); err != nil {
+				t.Fatal("chain across regions not processed")
+			}
+		}
+		cancel()
+	}
+}

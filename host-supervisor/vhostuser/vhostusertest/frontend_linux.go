@@ -186,3 +186,15 @@ func (f *Frontend) GetVringBase(index uint32) (uint32, error) {
 	}
 	return binary.LittleEndian.Uint32(p[4:]), nil
 }
+
+// SetMemTableSplit announces mem as two regions of the same memfd split at
+// byte offset at (the second with a non-zero mmap offset), as QEMU does
+// for RAM split around a hole.
+func (f *Frontend) SetMemTableSplit(mem *GuestMemory, at uint64) error {
+	size := uint64(len(mem.Data))
+	_, err := f.Send(vhostuser.ReqSetMemTable, vhostuser.MarshalMemTable([]vhostuser.RegionDesc{
+		{GuestAddr: mem.GPA, Size: at, UserAddr: mem.UVA},
+		{GuestAddr: mem.GPA + at, Size: size - at, UserAddr: mem.UVA + at, MmapOffset: at},
+	}), mem.Fd, mem.Fd)
+	return err
+}
