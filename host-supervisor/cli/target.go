@@ -35,25 +35,44 @@ type target struct {
 	agent      string
 	supervisor string
 	sandbox    string
+	// Which were given as flags (a flag beats the environment).
+	agentFlag, supervisorFlag bool
 }
 
 func (t *target) register(fs *flag.FlagSet) {
-	fs.StringVar(&t.agent, "agent", os.Getenv("SAILBOX_AGENT"), "agent address: unix:///path, vsock://CID:PORT or hvsock:///path:PORT (env SAILBOX_AGENT)")
-	fs.StringVar(&t.supervisor, "supervisor", os.Getenv("SAILBOX_SUPERVISOR"), "supervisor control API, unix:///path (env SAILBOX_SUPERVISOR); with --sandbox")
+	t.agent = os.Getenv("SAILBOX_AGENT")
+	t.supervisor = os.Getenv("SAILBOX_SUPERVISOR")
+	fs.Func("agent", "agent address: unix:///path, vsock://CID:PORT or hvsock:///path:PORT (env SAILBOX_AGENT)", func(v string) error {
+		t.agent, t.agentFlag = v, true
+		return nil
+	})
+	fs.Func("supervisor", "supervisor control API, unix:///path (env SAILBOX_SUPERVISOR); with --sandbox", func(v string) error {
+		t.supervisor, t.supervisorFlag = v, true
+		return nil
+	})
 	fs.StringVar(&t.sandbox, "sandbox", os.Getenv("SAILBOX_SANDBOX"), "sandbox id registered with the supervisor (env SAILBOX_SANDBOX)")
 }
 
-// viaSupervisor reports whether the target is a supervisor's sandbox. An
-// explicit --agent wins over a supervisor taken from the environment.
+// viaSupervisor reports whether the target is a supervisor's sandbox: a
+// --supervisor flag, or a supervisor from the environment unless --agent
+// was given.
 func (t *target) viaSupervisor() bool {
-	return t.supervisor != "" && (t.agent == "" || t.sandbox != "")
+	switch {
+	case t.supervisor == "":
+		return false
+	case t.supervisorFlag:
+		return true
+	case t.agentFlag:
+		return false
+	}
+	return t.agent == "" || t.sandbox != ""
 }
 
 // agentClient returns a direct client to the agent named by --agent, or to
 // the agent of the supervisor's sandbox (commands the daemon does not
 // proxy yet talk to the agent at the address it has registered).
 func (t *target) agentClient() (*agentclient.Client, error) {
-	if t.agent == "" && t.supervisor != "" {
+	if t.viaSupervisor() {
 		if t.sandbox == "" {
 			return nil, invalid("--supervisor needs --sandbox ID")
 		}

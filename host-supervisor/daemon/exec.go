@@ -202,10 +202,12 @@ func (d *Daemon) startOnAgent(ctx context.Context, sb *sandbox.Sandbox, rec *exe
 		// An unreadable reply (over the size cap) says nothing about
 		// whether the agent started it.
 		if ctx.Err() != nil || !known {
+			d.log.Warn("start not acknowledged; asking the agent", "exec", rec.Id, "sandbox", sb.ID, "err", err)
 			return nil, errAmbiguous
 		}
 		inst, ierr := sb.CurrentInstance(ctx)
 		if ierr != nil || inst != inst0 {
+			d.log.Warn("start not acknowledged and the agent changed; asking it", "exec", rec.Id, "sandbox", sb.ID, "err", err)
 			return nil, errAmbiguous
 		}
 		d.log.Debug("resending start to the same agent", "exec", rec.Id, "err", err)

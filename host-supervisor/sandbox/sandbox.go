@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"regexp"
@@ -130,7 +131,12 @@ func (s *Sandbox) health(cfg Config, log *slog.Logger) {
 		}
 		s.mu.Lock()
 		if err != nil {
-			fails++
+			// Only a health check that timed out counts towards closing the
+			// link: a refused or broken connection is already redialed by the
+			// client, and closing now could cut a fresh, healthy one.
+			if status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded) {
+				fails++
+			}
 			if s.connected {
 				log.Warn("agent not answering", "sandbox", s.ID, "agent", s.Addr, "err", err)
 			}
