@@ -6,8 +6,9 @@
 // It implements what a vsock device needs and no more: features and protocol
 // features (CONFIG, REPLY_ACK), SET_MEM_TABLE, SET_VRING_NUM/ADDR/BASE/KICK/
 // CALL/ERR/ENABLE, GET_VRING_BASE and GET_CONFIG. Split rings only, with
-// indirect descriptors; no event index, no packed rings, no dirty logging
-// (so no live migration), no IOMMU.
+// indirect descriptors and event indices (or the ring flags when the
+// driver does not use them); no packed rings, no dirty logging (so no live
+// migration), no IOMMU.
 //
 // Everything read from guest memory is treated as hostile: descriptor
 // addresses are translated with bounds checks, chains are bounded by the

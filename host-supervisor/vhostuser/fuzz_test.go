@@ -9,14 +9,14 @@ import (
 // fuzzQueue lays a 16-entry ring over 64 KiB of memory whose contents the
 // fuzzer controls: descriptor table at 0, avail ring at 0x100, used ring at
 // 0x200, buffers anywhere.
-func fuzzQueue(t *testing.T, data []byte, indirect bool, base uint16) (*Queue, []byte) {
+func fuzzQueue(t *testing.T, data []byte, indirect, eventIdx bool, base uint16) (*Queue, []byte) {
 	buf := make([]byte, 64<<10)
 	copy(buf, data)
 	mem, err := NewMemory([]Region{{GuestAddr: 0x10000, UserAddr: 0x7000_0000, Data: buf}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := NewQueue(mem, QueueConfig{Size: 16, Desc: 0x7000_0000, Avail: 0x7000_0100, Used: 0x7000_0200, Base: base, Indirect: indirect})
+	q, err := NewQueue(mem, QueueConfig{Size: 16, Desc: 0x7000_0000, Avail: 0x7000_0100, Used: 0x7000_0200, Base: base, Indirect: indirect, EventIdx: eventIdx, Call: func() error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,8 @@ func FuzzQueuePop(f *testing.F) {
 	f.Add(seedRing([][]byte{desc(0x1fff0, 0xffffffff, 0, 0), desc(0, 1, DescFWrite, 0)}, []uint16{0, 1, 17}), false, uint16(0)) // out of range
 	f.Add(seedRing(nil, []uint16{5}), true, uint16(65535))
 	f.Fuzz(func(t *testing.T, data []byte, indirect bool, base uint16) {
-		q, _ := fuzzQueue(t, data, indirect, base)
+		// The low bit of base picks event-index mode.
+		q, _ := fuzzQueue(t, data, indirect, base&1 == 1, base)
 		var c Chain
 		for range 64 {
 			err := q.Pop(&c)
@@ -83,6 +84,7 @@ func FuzzQueuePop(f *testing.F) {
 				t.Fatalf("lengths %d/%d, segments hold %d/%d", c.RLen, c.WLen, r, w)
 			}
 			q.Push(c.Head, uint32(min(c.WLen, 1<<31)))
+			q.Notify()
 		}
 	})
 }

@@ -81,7 +81,7 @@ const (
 // Virtio and vhost-user feature bits.
 const (
 	FeatureIndirectDesc     = 1 << 28 // VIRTIO_RING_F_INDIRECT_DESC
-	FeatureEventIdx         = 1 << 29 // VIRTIO_RING_F_EVENT_IDX (not offered)
+	FeatureEventIdx         = 1 << 29 // VIRTIO_RING_F_EVENT_IDX
 	FeatureProtocolFeatures = 1 << 30 // VHOST_USER_F_PROTOCOL_FEATURES
 	FeatureVersion1         = 1 << 32 // VIRTIO_F_VERSION_1
 )

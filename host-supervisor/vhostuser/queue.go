@@ -124,10 +124,16 @@ type Queue struct {
 	avail    []byte
 	used     []byte
 	indirect bool
+	eventIdx bool
 
 	lastAvail uint16
 	usedIdx   uint16
 	dirty     bool // pushed since the last Notify
+
+	// With VIRTIO_RING_F_EVENT_IDX: the used index at the last signal.
+	signalled      uint16
+	signalledValid bool
+	fence          uint32 // target of the atomic add used as a full barrier
 
 	call func() error
 }
@@ -141,6 +147,7 @@ type QueueConfig struct {
 	Used     uint64
 	Base     uint16 // first avail index to process (SET_VRING_BASE)
 	Indirect bool   // VIRTIO_RING_F_INDIRECT_DESC negotiated
+	EventIdx bool   // VIRTIO_RING_F_EVENT_IDX negotiated
 	// Call signals the driver (the call eventfd); nil means never.
 	Call func() error
 }
@@ -155,15 +162,21 @@ func NewQueue(mem *Memory, cfg QueueConfig) (*Queue, error) {
 	if mem == nil {
 		return nil, fmt.Errorf("virtqueue %d: no memory table", cfg.Index)
 	}
-	q := &Queue{Index: cfg.Index, size: cfg.Size, mem: mem, indirect: cfg.Indirect, lastAvail: cfg.Base, call: cfg.Call}
+	q := &Queue{Index: cfg.Index, size: cfg.Size, mem: mem, indirect: cfg.Indirect, eventIdx: cfg.EventIdx, lastAvail: cfg.Base, call: cfg.Call}
+	// With event indices each ring ends in one more u16: used_event after
+	// the avail ring, avail_event after the used ring.
+	extra := uint64(0)
+	if cfg.EventIdx {
+		extra = 2
+	}
 	var err error
 	if q.desc, err = mem.UserSlice(cfg.Desc, 16*n); err != nil {
 		return nil, fmt.Errorf("virtqueue %d descriptor table: %w", cfg.Index, err)
 	}
-	if q.avail, err = mem.UserSlice(cfg.Avail, 4+2*n); err != nil {
+	if q.avail, err = mem.UserSlice(cfg.Avail, 4+2*n+extra); err != nil {
 		return nil, fmt.Errorf("virtqueue %d avail ring: %w", cfg.Index, err)
 	}
-	if q.used, err = mem.UserSlice(cfg.Used, 4+8*n); err != nil {
+	if q.used, err = mem.UserSlice(cfg.Used, 4+8*n+extra); err != nil {
 		return nil, fmt.Errorf("virtqueue %d used ring: %w", cfg.Index, err)
 	}
 	if addrOf(q.desc)%16 != 0 || addrOf(q.avail)%2 != 0 || addrOf(q.used)%4 != 0 {
@@ -207,6 +220,13 @@ func (q *Queue) Pending() int {
 // 0)), or a *BrokenError when the ring itself is corrupt.
 func (q *Queue) Pop(c *Chain) error {
 	_, idx := q.availWord()
+	if idx == q.lastAvail && q.eventIdx {
+		// Ask for a kick when the driver adds the next chain, then look
+		// again: it may have added one before seeing the request.
+		binary.LittleEndian.PutUint16(q.used[4+8*uint64(q.size):], q.lastAvail)
+		atomic.AddUint32(&q.fence, 1)
+		_, idx = q.availWord()
+	}
 	if idx == q.lastAvail {
 		return ErrEmpty
 	}
@@ -316,8 +336,21 @@ func (q *Queue) Notify() error {
 		return nil
 	}
 	q.dirty = false
-	flags, _ := q.availWord()
-	if flags&AvailFNoInterrupt != 0 || q.call == nil {
+	if q.eventIdx {
+		// The used index was published by an atomic store; the fence
+		// orders the read of used_event after it.
+		atomic.AddUint32(&q.fence, 1)
+		event := binary.LittleEndian.Uint16(q.avail[4+2*uint64(q.size):])
+		old := q.signalled
+		need := !q.signalledValid || q.usedIdx-event-1 < q.usedIdx-old
+		q.signalled, q.signalledValid = q.usedIdx, true
+		if !need {
+			return nil
+		}
+	} else if flags, _ := q.availWord(); flags&AvailFNoInterrupt != 0 {
+		return nil
+	}
+	if q.call == nil {
 		return nil
 	}
 	return q.call()

@@ -39,7 +39,7 @@ type Device interface {
 }
 
 // serverFeatures are the ring features implemented here.
-const serverFeatures = FeatureIndirectDesc | FeatureProtocolFeatures
+const serverFeatures = FeatureIndirectDesc | FeatureEventIdx | FeatureProtocolFeatures
 
 type vring struct {
 	num     uint32
@@ -232,6 +232,7 @@ func (s *Server) handle(h Header, p []byte, fds []int) (reply []byte, err error)
 			return nil, fmt.Errorf("features %#x not offered", extra)
 		}
 		s.acked = v
+		s.log.Debug("vhost-user features acked", "features", fmt.Sprintf("%#x", v))
 		return nil, nil
 	case reqGetProtocolFeatures:
 		return U64(s.dev.ProtocolFeatures() | ProtocolFeatureReplyAck), nil
@@ -400,7 +401,7 @@ func (s *Server) maybeStart(i int) {
 	}
 	q, err := NewQueue(s.mem, QueueConfig{
 		Index: i, Size: uint16(vr.num), Desc: vr.addr.Desc, Avail: vr.addr.Avail, Used: vr.addr.Used,
-		Base: vr.base, Indirect: s.acked&FeatureIndirectDesc != 0,
+		Base: vr.base, Indirect: s.acked&FeatureIndirectDesc != 0, EventIdx: s.acked&FeatureEventIdx != 0,
 		Call: func() error {
 			f := vr.call.Load()
 			if f == nil {

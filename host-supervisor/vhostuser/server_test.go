@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -104,7 +105,9 @@ func socketpair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
 	return conv(fds[0]), conv(fds[1])
 }
 
-func newRig(t *testing.T, start bool) *rig {
+func newRig(t *testing.T, start bool) *rig { return newRigWith(t, start, false) }
+
+func newRigWith(t *testing.T, start, eventIdx bool) *rig {
 	a, b := socketpair(t)
 	r := &rig{fe: &vhostusertest.Frontend{Conn: a}, dev: &upperDevice{}, errc: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -132,7 +135,12 @@ func newRig(t *testing.T, start bool) *rig {
 	if _, err := r.fe.Negotiate(vhostuser.ProtocolFeatureReplyAck | vhostuser.ProtocolFeatureConfig); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.fe.Send(vhostuser.ReqSetFeatures, vhostuser.U64(vhostuser.FeatureVersion1|vhostuser.FeatureIndirectDesc|vhostuser.FeatureProtocolFeatures)); err != nil {
+	feat := uint64(vhostuser.FeatureVersion1 | vhostuser.FeatureIndirectDesc | vhostuser.FeatureProtocolFeatures)
+	if eventIdx {
+		feat |= vhostuser.FeatureEventIdx
+		r.q.EventIdx = true
+	}
+	if _, err := r.fe.Send(vhostuser.ReqSetFeatures, vhostuser.U64(feat)); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.fe.SetMemTable(r.mem); err != nil {
@@ -173,7 +181,13 @@ func (r *rig) roundTrip(t *testing.T, msg string, indirect bool) string {
 }
 
 func TestServeDataPath(t *testing.T) {
-	r := newRig(t, true)
+	for _, ev := range []bool{false, true} {
+		t.Run(fmt.Sprintf("event-idx=%v", ev), func(t *testing.T) { testServeDataPath(t, ev) })
+	}
+}
+
+func testServeDataPath(t *testing.T, eventIdx bool) {
+	r := newRigWith(t, true, eventIdx)
 	for i := range 40 { // more than the ring size, so indices wrap
 		if got := r.roundTrip(t, "hello vhost-user", i%2 == 1); got != "HELLO VHOST-USER" {
 			t.Fatalf("round trip %d: %q", i, got)
@@ -331,5 +345,37 @@ func TestSplitMemoryRegions(t *testing.T) {
 			}
 		}
 		cancel()
+	}
+}
+
+// With event indices the device calls only when the used index passes the
+// driver's used_event, and asks for kicks through avail_event.
+func TestEventIdx(t *testing.T) {
+	r := newRigWith(t, true, true)
+	r.roundTrip(t, "a", false)
+	r.q.DrainCall()
+	// The device, having run dry, asks for a kick at the next avail index.
+	ae := binary.LittleEndian.Uint16(r.mem.Bytes(r.q.UsedGPA+4+8*uint64(r.q.Size), 2))
+	if ae != r.q.AvailIdx() {
+		t.Fatalf("avail_event %d, want %d", ae, r.q.AvailIdx())
+	}
+	// Ask to be called only once used passes usedEvent.
+	usedEvent := r.q.UsedIdx() + 2
+	ue := r.mem.Bytes(r.q.AvailGPA+4+2*uint64(r.q.Size), 2)
+	for i := range 3 {
+		binary.LittleEndian.PutUint16(ue, usedEvent)
+		r.q.Add([]vhostusertest.Buf{{GPA: r.inGPA, Len: 1}, {GPA: r.out, Len: 16, Write: true}})
+		r.q.Kick()
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := r.q.WaitCall(ctx)
+		cancel()
+		if called := err == nil; called != (i == 2) {
+			t.Fatalf("chain %d: called=%v, want a call only when used passes %d", i, called, usedEvent)
+		}
+	}
+	for range 3 {
+		if _, _, ok := r.q.Used(); !ok {
+			t.Fatal("chain not processed")
+		}
 	}
 }

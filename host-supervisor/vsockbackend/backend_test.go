@@ -145,8 +145,14 @@ func serveEcho(ln <-chan *gconn) {
 }
 
 func TestHostToGuestEcho(t *testing.T) {
+	for _, o := range []guestOpts{{}, {noEventIdx: true}, {rxBufSize: 60000}} {
+		t.Run(fmt.Sprintf("%+v", o), func(t *testing.T) { testHostToGuestEcho(t, o) })
+	}
+}
+
+func testHostToGuestEcho(t *testing.T, o guestOpts) {
 	e := startBackend(t)
-	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, o)
 	serveEcho(g.Listen(10000))
 
 	c := e.hostDialRetry(t, 10000)
@@ -400,8 +406,14 @@ func TestSlowConnectionsDoNotBlockOthers(t *testing.T) {
 }
 
 func TestConcurrent256(t *testing.T) {
+	for _, o := range []guestOpts{{}, {noEventIdx: true}} {
+		t.Run(fmt.Sprintf("%+v", o), func(t *testing.T) { testConcurrent256(t, o) })
+	}
+}
+
+func testConcurrent256(t *testing.T, o guestOpts) {
 	e := startBackend(t)
-	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, guestOpts{})
+	g := newFakeGuest(t, e.cfg.VhostUserSocket, testCID, o)
 	serveEcho(g.Listen(10000))
 	e.hostDialRetry(t, 10000).Close()
 	const n = 256

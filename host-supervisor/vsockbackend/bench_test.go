@@ -71,12 +71,13 @@ func BenchmarkStream256MiB(b *testing.B) {
 		b.ReportMetric(float64(streamBytes)*float64(b.N)/total.Seconds()/1e6, "MB/s")
 	})
 	for _, rx := range []struct {
-		name string
-		size int
-	}{{"host-to-guest-rx4k", 4096}, {"host-to-guest-rx64k", 64 << 10}} {
+		name       string
+		size       int
+		noEventIdx bool
+	}{{"host-to-guest-rx4k", 4096, false}, {"host-to-guest-rx64k", 64 << 10, false}, {"host-to-guest-rx4k-no-event-idx", 4096, true}} {
 		b.Run(rx.name, func(b *testing.B) {
 			e := startBackend(b)
-			g := newFakeGuest(b, e.cfg.VhostUserSocket, testCID, guestOpts{rxBufSize: rx.size})
+			g := newFakeGuest(b, e.cfg.VhostUserSocket, testCID, guestOpts{rxBufSize: rx.size, noEventIdx: rx.noEventIdx})
 			ln := g.Listen(10000)
 			e.hostDialRetry(b, 10000).Close()
 			<-ln

@@ -109,8 +109,9 @@ const (
 )
 
 type guestOpts struct {
-	rxBufSize int // payload bytes per rx buffer (Linux: 4096)
-	rxSpare   int // rx descriptors left free for hand-written chains
+	rxBufSize  int  // payload bytes per rx buffer (Linux: 4096)
+	rxSpare    int  // rx descriptors left free for hand-written chains
+	noEventIdx bool // do not negotiate VIRTIO_RING_F_EVENT_IDX (Linux does)
 }
 
 // newFakeGuest connects to the back end's vhost-user socket and brings the
@@ -145,6 +146,9 @@ func newFakeGuest(t testing.TB, sock string, cid uint64, o guestOpts) *fakeGuest
 		t.Fatal(err)
 	}
 	want := uint64(vhostuser.FeatureVersion1 | vhostuser.FeatureIndirectDesc | vhostuser.FeatureProtocolFeatures)
+	if !o.noEventIdx {
+		want |= vhostuser.FeatureEventIdx
+	}
 	if feat&want != want {
 		t.Fatalf("features %#x lack %#x", feat, want)
 	}
@@ -167,6 +171,7 @@ func newFakeGuest(t testing.TB, sock string, cid uint64, o guestOpts) *fakeGuest
 	if g.tx, err = vhostusertest.NewDriverQueue(g.mem, 1, guestQueueSize); err != nil {
 		t.Fatal(err)
 	}
+	g.rx.EventIdx, g.tx.EventIdx = !o.noEventIdx, !o.noEventIdx
 	for g.rx.Free() > o.rxSpare {
 		gpa, err := g.mem.Alloc(uint64(HeaderSize+g.rxBufSize), 8)
 		if err != nil {

@@ -33,6 +33,11 @@ type DriverQueue struct {
 	KickFd, CallFd int
 	callFile       *os.File
 
+	// EventIdx: VIRTIO_RING_F_EVENT_IDX was negotiated; set before use.
+	EventIdx bool
+	lastKick uint16
+	fence    uint32
+
 	free     []uint16
 	chains   map[uint16][]uint16
 	indirect []uint64 // per head: an indirect table of maxIndirect entries
@@ -54,12 +59,14 @@ func NewDriverQueue(mem *GuestMemory, index int, size uint16) (*DriverQueue, err
 	if q.AvailGPA, err = mem.Alloc(6+2*n, 4); err != nil {
 		return nil, err
 	}
-	if q.UsedGPA, err = mem.Alloc(6+8*n, 4); err != nil {
+	// 8 bytes beyond the elements: avail_event, and room for reading it
+	// with a 32-bit atomic load.
+	if q.UsedGPA, err = mem.Alloc(8+8*n, 4); err != nil {
 		return nil, err
 	}
 	q.desc = mem.Bytes(q.DescGPA, int(16*n))
 	q.avail = mem.Bytes(q.AvailGPA, int(6+2*n))
-	q.used = mem.Bytes(q.UsedGPA, int(6+8*n))
+	q.used = mem.Bytes(q.UsedGPA, int(8+8*n))
 	for i := range n {
 		q.free = append(q.free, uint16(i))
 		t, err := mem.Alloc(16*maxIndirect, 16)
@@ -195,6 +202,12 @@ func (q *DriverQueue) IndirectTable(head uint16) uint64 { return q.indirect[head
 // Used takes the next used element, if any, and frees its descriptors.
 func (q *DriverQueue) Used() (head uint16, n uint32, ok bool) {
 	w := atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[0])))
+	if uint16(w>>16) == q.lastUsed && q.EventIdx {
+		// Ask to be called at the next element, then look again.
+		binary.LittleEndian.PutUint16(q.avail[4+2*uint64(q.Size):], q.lastUsed)
+		atomic.AddUint32(&q.fence, 1)
+		w = atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[0])))
+	}
 	if uint16(w>>16) == q.lastUsed {
 		return 0, 0, false
 	}
@@ -214,8 +227,18 @@ func (q *DriverQueue) UsedIdx() uint16 {
 	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[0]))) >> 16)
 }
 
-// Kick notifies the device.
+// Kick notifies the device; with event indices only if the device asked
+// for a kick at an index added since the last one.
 func (q *DriverQueue) Kick() error {
+	if q.EventIdx {
+		atomic.AddUint32(&q.fence, 1)
+		event := uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[4+8*uint64(q.Size)]))))
+		old := q.lastKick
+		q.lastKick = q.availIdx
+		if q.availIdx-event-1 >= q.availIdx-old {
+			return nil
+		}
+	}
 	_, err := unix.Write(q.KickFd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	if errors.Is(err, unix.EAGAIN) {
 		return nil
