@@ -191,7 +191,17 @@ func TestReattachAfterRestart(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.FlushInterval = 20 * time.Millisecond })
 	pad := strings.Repeat("x", 6000)
 	f.start("seq", "for i in $(seq 1 40); do echo line $i "+pad+"; echo e$i >&2; sleep 0.02; done")
-	time.Sleep(400 * time.Millisecond)
+	// Stop once part of stdout is journalled in its file.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if r, err := f.d.store.Get("seq"); err == nil && r.StdoutOffset > InlineMax {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no output journalled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	f.d.Close()
 	f.d = nil
 	// Bytes a crash left past the journalled offset.
