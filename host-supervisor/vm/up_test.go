@@ -66,6 +66,11 @@ func TestRunUp(t *testing.T) {
 	if err != nil || st.ExitCode != 0 || o.String() != "hello-data\nuptest\next4\ninet 10.0.2.15/24\ndefault via 10.0.2.2\n" {
 		t.Fatalf("exec: %q %q %v %v\nconsole:\n%s", o.String(), e.String(), st, err, stderr.String())
 	}
+	// A process that ignores SIGTERM and keeps /data busy: imageinit must
+	// SIGKILL it and still leave the disk clean.
+	if _, err := c.Start(ctx, &agentv1.StartRequest{Id: "stubborn", Command: "trap '' TERM; cd /data; while :; do sleep 1; done"}); err != nil {
+		t.Fatal(err)
+	}
 	stop()
 	select {
 	case rc := <-done:

@@ -452,8 +452,10 @@ func (p *pid1) shutdown(reason string) error {
 	}
 	if hasChildren() {
 		p.log.Warn("processes left after SIGTERM; sending SIGKILL")
-		unix.Kill(-1, unix.SIGKILL)
-		for i := 0; i < 100 && hasChildren(); i++ {
+		// Killed processes' children reach PID 1 only as their parents die:
+		// keep killing and reaping until none is left (bounded).
+		for i := 0; i < 500 && hasChildren(); i++ {
+			unix.Kill(-1, unix.SIGKILL)
 			p.reap()
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -462,8 +464,11 @@ func (p *pid1) shutdown(reason string) error {
 	for i := len(p.mounts) - 1; i >= 0; i-- {
 		m := p.mounts[i]
 		if err := unix.Unmount(m, 0); err != nil {
-			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
-				p.log.Warn("umount", "path", m, "err", err)
+			// Still busy: make it read-only first, so a disk is left clean
+			// even though the detached mount lives on until power-off.
+			rerr := unix.Mount("", m, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+			if derr := unix.Unmount(m, unix.MNT_DETACH); derr != nil || rerr != nil {
+				p.log.Warn("umount", "path", m, "err", err, "remount_ro", rerr, "detach", derr)
 			}
 		}
 	}
