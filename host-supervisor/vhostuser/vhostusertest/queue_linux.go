@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -32,6 +33,8 @@ type DriverQueue struct {
 
 	KickFd, CallFd int
 	callFile       *os.File
+	waitMu         sync.Mutex
+	waitGen        uint64
 
 	// EventIdx: VIRTIO_RING_F_EVENT_IDX was negotiated; set before use.
 	EventIdx bool
@@ -248,10 +251,21 @@ func (q *DriverQueue) Kick() error {
 
 // WaitCall waits for the device's notification (consuming it).
 func (q *DriverQueue) WaitCall(ctx context.Context) error {
-	if dl, ok := ctx.Deadline(); ok {
-		q.callFile.SetReadDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { q.callFile.SetReadDeadline(aLongTimeAgo) })
+	// A cancellation that fires late must not cut the next wait short:
+	// deadlines change under waitMu, tagged with the wait they belong to.
+	dl, _ := ctx.Deadline() // zero: no deadline
+	q.waitMu.Lock()
+	q.waitGen++
+	gen := q.waitGen
+	q.callFile.SetReadDeadline(dl)
+	q.waitMu.Unlock()
+	stop := context.AfterFunc(ctx, func() {
+		q.waitMu.Lock()
+		defer q.waitMu.Unlock()
+		if q.waitGen == gen {
+			q.callFile.SetReadDeadline(aLongTimeAgo)
+		}
+	})
 	defer stop()
 	var b [8]byte
 	_, err := q.callFile.Read(b[:])
