@@ -26,4 +26,11 @@
 // option: QEMU reads it from the back end (GET_CONFIG). A VM with this
 // device cannot be live-migrated or snapshotted by QEMU (the device is
 // marked unmigratable).
+//
+// Tests drive the back end with a fake guest (vhostuser/vhostusertest: a
+// memfd, split rings, QEMU's vhost-user sequence) and a paused real QEMU;
+// BenchmarkStream256MiB and BenchmarkConcurrent256 measure against the fake
+// guest beside a plain unix-socket copy; BenchmarkInVM boots a real arm64
+// guest under TCG when SAILBOX_VSOCK_KERNEL and SAILBOX_VSOCK_MODULES name
+// a Debian kernel Image and its module tree.
 package vsockbackend
