@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -54,11 +53,12 @@ func BenchmarkStartWait(b *testing.B) {
 // BenchmarkAPIStartOutput is StartExec + a following ExecOutput over the
 // ttrpc API on a unix socket (the CLI's path), in process for profiling.
 func BenchmarkAPIStartOutput(b *testing.B) {
-	f := newFixture(b, func(c *Config) {
-		if d, err := time.ParseDuration(os.Getenv("BENCH_BATCH_DELAY")); err == nil {
-			c.BatchDelay = d
-		}
-	})
+	b.Run("group", func(b *testing.B) { benchAPI(b, 0) })
+	b.Run("batch-2ms", func(b *testing.B) { benchAPI(b, 2*time.Millisecond) })
+}
+
+func benchAPI(b *testing.B, delay time.Duration) {
+	f := newFixture(b, func(c *Config) { c.BatchDelay = delay })
 	sock := filepath.Join(b.TempDir(), "api.sock")
 	ln, err := Listen("unix://" + sock)
 	if err != nil {

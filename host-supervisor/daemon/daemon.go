@@ -29,7 +29,7 @@ type Config struct {
 	// while an exec runs (defaults 1 MiB, 200ms).
 	FlushBytes    uint64
 	FlushInterval time.Duration
-	// BatchDelay is how long a journal commit waits to share its fsync (default 2ms).
+	// BatchDelay > 0: journal commits wait this long to share an fsync (bbolt Batch); 0: group commit without waiting.
 	BatchDelay time.Duration
 	// StartTimeout bounds the synchronous part of StartExec (default 30s).
 	StartTimeout time.Duration

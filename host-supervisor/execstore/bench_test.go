@@ -6,11 +6,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
-// BenchmarkAccept: durable accepts, 32 at a time (Batch shares fsyncs).
+// BenchmarkAccept: durable accepts, 32 at a time, with group commit and
+// with bbolt's timer-based Batch.
 func BenchmarkAccept(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "journal.db"), Options{})
+	b.Run("group", func(b *testing.B) { benchAccept(b, Options{}) })
+	b.Run("batch-2ms", func(b *testing.B) { benchAccept(b, Options{BatchDelay: 2 * time.Millisecond}) })
+}
+
+func benchAccept(b *testing.B, o Options) {
+	s, err := Open(filepath.Join(b.TempDir(), "journal.db"), o)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
@@ -24,15 +25,107 @@ var (
 
 // Store is the journal. Safe for concurrent use.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db    *bolt.DB
+	path  string
+	delay time.Duration
+
+	queue   chan *groupCall // group commit (when delay is 0)
+	closing chan struct{}
+	stopped chan struct{}
+	closeMu sync.Once
 }
 
 // Options tune Open.
 type Options struct {
-	// BatchDelay is how long a commit waits for others to share its fsync
-	// (default 2ms).
+	// BatchDelay > 0 makes commits wait that long for others to share
+	// their fsync (bbolt's Batch). 0 (the default) is group commit without
+	// waiting: commits queued while one is being written share the next
+	// one, so concurrency amortises the fsync and a lone commit pays no delay.
 	BatchDelay time.Duration
+}
+
+// groupCall is one queued commit.
+type groupCall struct {
+	fn  func(*bolt.Tx) error
+	err chan error
+}
+
+// maxGroup bounds the functions applied in one transaction.
+const maxGroup = 1000
+
+// batch runs fn in a durable commit shared with concurrent ones. fn may run
+// more than once (when another function of its group fails) and must only
+// depend on the transaction.
+func (s *Store) batch(fn func(*bolt.Tx) error) error {
+	if s.delay > 0 {
+		return s.db.Batch(fn)
+	}
+	c := &groupCall{fn: fn, err: make(chan error, 1)}
+	select {
+	case s.queue <- c:
+	case <-s.closing:
+		return bolt.ErrDatabaseNotOpen
+	}
+	return <-c.err
+}
+
+// committer applies queued functions: everything queued while a commit is
+// being written goes into the next one.
+func (s *Store) committer() {
+	defer close(s.stopped)
+	for {
+		var first *groupCall
+		select {
+		case first = <-s.queue:
+		case <-s.closing:
+			// Answer what is still queued, then stop.
+			for {
+				select {
+				case c := <-s.queue:
+					c.err <- bolt.ErrDatabaseNotOpen
+				default:
+					return
+				}
+			}
+		}
+		calls := []*groupCall{first}
+	more:
+		for len(calls) < maxGroup {
+			select {
+			case c := <-s.queue:
+				calls = append(calls, c)
+			default:
+				break more
+			}
+		}
+		s.commitGroup(calls)
+	}
+}
+
+// commitGroup commits calls in one transaction; a failing function is
+// answered with its error and the rest are committed without it.
+func (s *Store) commitGroup(calls []*groupCall) {
+	for len(calls) > 0 {
+		failed, ferr := -1, error(nil)
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for i, c := range calls {
+				if err := c.fn(tx); err != nil {
+					failed, ferr = i, err
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			calls[failed].err <- ferr
+			calls = append(calls[:failed:failed], calls[failed+1:]...)
+			continue
+		}
+		for _, c := range calls {
+			c.err <- err
+		}
+		return
+	}
 }
 
 // Open opens (creating if needed) the journal at path. A journal left by a
@@ -44,9 +137,8 @@ func Open(path string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exec journal %s: %w", path, err)
 	}
-	db.MaxBatchDelay = o.BatchDelay
-	if db.MaxBatchDelay <= 0 {
-		db.MaxBatchDelay = 2 * time.Millisecond
+	if o.BatchDelay > 0 {
+		db.MaxBatchDelay = o.BatchDelay
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketExecs, bucketKeys, bucketOrder, bucketSandboxes, bucketInline} {
@@ -60,11 +152,20 @@ func Open(path string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("exec journal %s: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	st := &Store{
+		db: db, path: path, delay: o.BatchDelay,
+		queue: make(chan *groupCall, 4*maxGroup), closing: make(chan struct{}), stopped: make(chan struct{}),
+	}
+	go st.committer()
+	return st, nil
 }
 
-// Close closes the journal.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the journal (queued commits fail).
+func (s *Store) Close() error {
+	s.closeMu.Do(func() { close(s.closing) })
+	<-s.stopped
+	return s.db.Close()
+}
 
 // Path is the journal file.
 func (s *Store) Path() string { return s.path }
@@ -105,7 +206,7 @@ func (s *Store) Accept(r *Record) (rec *Record, created bool, err error) {
 	if r.Id == "" || r.Sandbox == "" {
 		return nil, false, status.Error(codes.InvalidArgument, "exec record without id or sandbox")
 	}
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		rec, created = nil, false // Batch may run this function twice
 		if r.IdempotencyKey != "" {
 			if id := tx.Bucket(bucketKeys).Get(keyIndex(r.Sandbox, r.IdempotencyKey)); id != nil {
@@ -181,7 +282,7 @@ func inlineKey(id string, stream int) []byte { return []byte(id + "\x00" + strco
 // now holds everything). Inline data is stored only when its length is the
 // record's kept count for the stream, so record and data always agree.
 func (s *Store) UpdateOutput(id string, out Output, f func(r *Record) error) (r *Record, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		r = nil
 		cur, err := getRecord(tx, id)
 		if err != nil {
@@ -235,7 +336,7 @@ func (s *Store) InlineOutput(id string) (out Output, err error) {
 // Update applies f to a record (use the transition functions) and commits
 // it durably. An error from f aborts the change and is returned.
 func (s *Store) Update(id string, f func(r *Record) error) (r *Record, err error) {
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		r = nil
 		cur, err := getRecord(tx, id)
 		if err != nil {
