@@ -39,6 +39,7 @@ type osProcess struct {
 const (
 	copyBufSize = 256 << 10
 	pipeSize    = 1 << 20
+	smallPipe   = 64 << 10 // Linux's default pipe capacity
 )
 
 // devNull is the stdin of every exec without one, opened once: each child
@@ -151,8 +152,7 @@ func pipe(parentReads bool) (rd, wr *os.File, err error) {
 	}
 	parent := p[1]
 	if parentReads {
-		parent = p[0]
-		unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, pipeSize) // best effort: more per read
+		parent = p[0] // copyOutput enlarges it once it sees the pipe fill
 	}
 	if err := unix.SetNonblock(parent, true); err != nil {
 		unix.Close(p[0])
@@ -208,6 +208,7 @@ func copyOutput(src *os.File, dst *spool.Spool) {
 	if err != nil {
 		return
 	}
+	grown := false
 	for {
 		var (
 			n    int
@@ -215,6 +216,12 @@ func copyOutput(src *os.File, dst *spool.Spool) {
 		)
 		err := rc.Read(func(fd uintptr) bool {
 			n, serr = dst.Splice(int(fd), spliceMax)
+			if n >= smallPipe && !grown {
+				// A full pipe: a fast writer. A bigger pipe means more per
+				// splice; most execs print little and never pay for it.
+				unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize)
+				grown = true
+			}
 			return serr != unix.EAGAIN
 		})
 		if err != nil {

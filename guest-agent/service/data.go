@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -131,8 +132,9 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 		defer cancel()
 		defer close(reqs)
 		var hdr [4]byte
+		br := bufio.NewReaderSize(c, 4096) // a request in one read
 		for {
-			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			if _, err := io.ReadFull(br, hdr[:]); err != nil {
 				return
 			}
 			n := binary.BigEndian.Uint32(hdr[:])
@@ -141,7 +143,7 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 				return
 			}
 			b := make([]byte, n)
-			if _, err := io.ReadFull(c, b); err != nil {
+			if _, err := io.ReadFull(br, b); err != nil {
 				return
 			}
 			req := &agentv1.OutputRequest{}
@@ -184,16 +186,14 @@ type dataSink struct {
 }
 
 func (d *dataSink) frame(kind byte, off uint64, payload []byte) error {
-	d.hdr[0] = kind
-	binary.BigEndian.PutUint64(d.hdr[1:], off)
-	binary.BigEndian.PutUint32(d.hdr[9:], uint32(len(payload)))
-	if _, err := d.c.Write(d.hdr[:]); err != nil {
+	// One write: a frame that arrives whole wakes the client once.
+	b := make([]byte, agentdata.HeaderLen+len(payload))
+	b[0] = kind
+	binary.BigEndian.PutUint64(b[1:], off)
+	binary.BigEndian.PutUint32(b[9:], uint32(len(payload)))
+	copy(b[agentdata.HeaderLen:], payload)
+	if _, err := d.c.Write(b); err != nil {
 		return &sinkError{err}
-	}
-	if len(payload) > 0 {
-		if _, err := d.c.Write(payload); err != nil {
-			return &sinkError{err}
-		}
 	}
 	return nil
 }

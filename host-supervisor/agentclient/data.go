@@ -1,6 +1,7 @@
 package agentclient
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -32,6 +33,7 @@ var errNoData = errors.New("agent has no data connections")
 // dataConn is one raw output connection.
 type dataConn struct {
 	nc  net.Conn
+	br  *bufio.Reader // a small frame and its header in one read
 	hdr [agentdata.HeaderLen]byte
 	buf []byte
 }
@@ -76,7 +78,7 @@ func (c *Client) getData(ctx context.Context) (*dataConn, error) {
 		return nil, errNoData
 	}
 	nc.SetDeadline(time.Time{})
-	return &dataConn{nc: nc}, nil
+	return &dataConn{nc: nc, br: bufio.NewReaderSize(nc, 4096)}, nil
 }
 
 // maxIdleData bounds the idle data connections kept for concurrent callers.
@@ -167,7 +169,7 @@ func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *
 		return nil, false, err
 	}
 	for {
-		if _, err := io.ReadFull(d.nc, d.hdr[:]); err != nil {
+		if _, err := io.ReadFull(d.br, d.hdr[:]); err != nil {
 			return nil, false, eof(err)
 		}
 		kind := d.hdr[0]
@@ -187,7 +189,7 @@ func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *
 			}
 		case agentdata.FrameFinal, agentdata.FrameError, agentdata.FrameEnd:
 			p := make([]byte, n)
-			if _, err := io.ReadFull(d.nc, p); err != nil {
+			if _, err := io.ReadFull(d.br, p); err != nil {
 				return nil, false, eof(err)
 			}
 			switch kind {
@@ -217,7 +219,7 @@ func (d *dataConn) copyTo(w io.Writer, n int, pos *uint64) error {
 		d.buf = make([]byte, 1<<20)
 	}
 	for n > 0 {
-		r, err := d.nc.Read(d.buf[:min(n, len(d.buf))])
+		r, err := d.br.Read(d.buf[:min(n, len(d.buf))])
 		if r > 0 {
 			if _, werr := w.Write(d.buf[:r]); werr != nil {
 				return &localWriteError{werr}
