@@ -16,6 +16,22 @@ const (
 	DefaultHostname    = "sailbox"
 )
 
+// ReadyMarker is printed on the console once the boot steps are done and the
+// agent has been started; the host driver times boots by it.
+const ReadyMarker = "sailbox-init: ready"
+
+// PoweroffMarker is printed right before the power-off call.
+const PoweroffMarker = "sailbox-init: powering off"
+
+// Options are what the caller of Run decides rather than the command line.
+type Options struct {
+	// Cmdline replaces /proc/cmdline when set (tests in a PID namespace
+	// must not follow the host's kernel command line).
+	Cmdline string
+	// Poweroff ends the machine after the shutdown steps (SystemPoweroff).
+	Poweroff func() error
+}
+
 // Config is what imageinit does, parsed from the kernel command line.
 type Config struct {
 	// Agent is the agent binary; "" runs no agent (sailbox.agent=none).

@@ -19,27 +19,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ReadyMarker is printed on the console once the boot steps are done and the
-// agent has been started; the host driver times boots by it.
-const ReadyMarker = "sailbox-init: ready"
-
-// PoweroffMarker is printed right before the power-off call.
-const PoweroffMarker = "sailbox-init: powering off"
-
 // SystemPoweroff powers the machine off. In a PID namespace other than the
 // initial one the kernel turns this into the end of that namespace's init
 // (its parent sees it killed by SIGINT), so it never reaches the host.
 func SystemPoweroff() error {
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-}
-
-// Options are what the caller of Run decides rather than the command line.
-type Options struct {
-	// Cmdline replaces /proc/cmdline when set (tests in a PID namespace
-	// must not follow the host's kernel command line).
-	Cmdline string
-	// Poweroff ends the machine after the shutdown steps (SystemPoweroff).
-	Poweroff func() error
 }
 
 // Run is PID 1. It returns only when powering off failed.
