@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sailbox/sailbox/host-supervisor/execstore"
+	"github.com/sailbox/sailbox/host-supervisor/lifecycle"
 	"github.com/sailbox/sailbox/host-supervisor/sandbox"
 )
 
@@ -34,7 +35,10 @@ type Config struct {
 	// StartTimeout bounds the synchronous part of StartExec (default 30s).
 	StartTimeout time.Duration
 	Sandbox      sandbox.Config
-	Logger       *slog.Logger
+	// DialVMM connects to a sandbox's VM monitor (AddSandbox with a qmp
+	// socket); default QEMU over QMP. Tests put a fake VMM here.
+	DialVMM DialVMM
+	Logger  *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -55,6 +59,9 @@ func (c *Config) defaults() {
 	}
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = 30 * time.Second
+	}
+	if c.DialVMM == nil {
+		c.DialVMM = dialQEMU
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -80,6 +87,11 @@ type Daemon struct {
 	live map[string]*liveExec
 
 	kick chan struct{} // asks the flusher to run now
+
+	// The lifecycles of the sandboxes with a VMM, and their monitors.
+	lc    *lifecycle.Manager
+	vmmMu sync.Mutex
+	vmms  map[string]attachedVMM
 }
 
 // Open opens the state dir, recovers the journal and re-attaches every
@@ -107,6 +119,7 @@ func Open(cfg Config) (*Daemon, error) {
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, store: store, reg: reg, outDir: outDir,
 		ctx: ctx, cancel: cancel, live: map[string]*liveExec{}, kick: make(chan struct{}, 1),
+		lc: lifecycle.NewManager(), vmms: map[string]attachedVMM{},
 	}
 	if err := d.recover(); err != nil {
 		d.Close()
@@ -121,6 +134,7 @@ func Open(cfg Config) (*Daemon, error) {
 // Close stops the daemon: copying stops where it is (the journal says
 // where), nothing is marked lost; the next Open re-attaches.
 func (d *Daemon) Close() error {
+	d.detachAll()
 	d.cancel()
 	d.wg.Wait()
 	d.reg.Close()

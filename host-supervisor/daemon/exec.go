@@ -45,14 +45,22 @@ func (d *Daemon) AddSandbox(id, agent string, labels map[string]string) (*superv
 
 // RemoveSandbox forgets a sandbox; its unfinished execs become lost.
 func (d *Daemon) RemoveSandbox(id string) error {
-	return d.reg.Remove(id)
+	if err := d.reg.Remove(id); err != nil {
+		return err
+	}
+	d.vmmMu.Lock()
+	d.detachLocked(id)
+	d.vmmMu.Unlock()
+	return nil
 }
 
 // ListSandboxes lists the registered sandboxes.
 func (d *Daemon) ListSandboxes() []*supervisorv1.Sandbox {
 	var out []*supervisorv1.Sandbox
 	for _, sb := range d.reg.List() {
-		out = append(out, sb.Proto())
+		p := sb.Proto()
+		p.State = d.runState(sb.ID)
+		out = append(out, p)
 	}
 	return out
 }
@@ -122,7 +130,7 @@ func (d *Daemon) StartExec(ctx context.Context, req *supervisorv1.StartExecReque
 	if err := validateStart(req.Request); err != nil {
 		return nil, err
 	}
-	sb, err := d.reg.Get(req.Sandbox)
+	sb, err := d.awake(ctx, req.Sandbox)
 	if err != nil {
 		return nil, err
 	}
@@ -453,7 +461,8 @@ func (s *storedOutput) close() {
 }
 
 // running returns the sandbox of an exec that must not have finished.
-func (d *Daemon) running(sandbox, id string) (*sandbox.Sandbox, error) {
+// A sleeping sandbox is woken first.
+func (d *Daemon) running(ctx context.Context, sandbox, id string) (*sandbox.Sandbox, error) {
 	r, _, err := d.lookup(sandbox, id)
 	if err != nil {
 		return nil, err
@@ -461,12 +470,25 @@ func (d *Daemon) running(sandbox, id string) (*sandbox.Sandbox, error) {
 	if execstore.IsFinal(r.State) {
 		return nil, status.Errorf(codes.FailedPrecondition, "exec %s has finished (%s)", id, execstore.StateName(r.State))
 	}
-	return d.reg.Get(r.Sandbox)
+	return d.awake(ctx, r.Sandbox)
+}
+
+// awake returns a registered sandbox, woken first if it sleeps: every call
+// that reaches the agent comes through here.
+func (d *Daemon) awake(ctx context.Context, id string) (*sandbox.Sandbox, error) {
+	sb, err := d.reg.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.wake(ctx, id); err != nil {
+		return nil, err
+	}
+	return sb, nil
 }
 
 // SignalExec signals an exec's process group.
 func (d *Daemon) SignalExec(ctx context.Context, sandbox, id string, sig int32) error {
-	sb, err := d.running(sandbox, id)
+	sb, err := d.running(ctx, sandbox, id)
 	if err != nil {
 		return err
 	}
@@ -475,7 +497,7 @@ func (d *Daemon) SignalExec(ctx context.Context, sandbox, id string, sig int32) 
 
 // WriteStdin writes to an exec's stdin (never resent after a broken link).
 func (d *Daemon) WriteStdin(ctx context.Context, sandbox, id string, data []byte) error {
-	sb, err := d.running(sandbox, id)
+	sb, err := d.running(ctx, sandbox, id)
 	if err != nil {
 		return err
 	}
@@ -484,7 +506,7 @@ func (d *Daemon) WriteStdin(ctx context.Context, sandbox, id string, data []byte
 
 // CloseStdin closes an exec's stdin.
 func (d *Daemon) CloseStdin(ctx context.Context, sandbox, id string) error {
-	sb, err := d.running(sandbox, id)
+	sb, err := d.running(ctx, sandbox, id)
 	if err != nil {
 		return err
 	}
@@ -493,7 +515,7 @@ func (d *Daemon) CloseStdin(ctx context.Context, sandbox, id string) error {
 
 // ResizeExec resizes an exec's pty.
 func (d *Daemon) ResizeExec(ctx context.Context, sandbox, id string, rows, cols uint32) error {
-	sb, err := d.running(sandbox, id)
+	sb, err := d.running(ctx, sandbox, id)
 	if err != nil {
 		return err
 	}
@@ -548,7 +570,7 @@ const listenerGrace = 10 * time.Second
 // connection of its own (a wait can be long), redialing after a broken link
 // (waiting has no side effect).
 func (d *Daemon) WaitListener(ctx context.Context, sandbox string, req *agentv1.WaitListenerRequest) (*agentv1.WaitListenerResponse, error) {
-	sb, err := d.reg.Get(sandbox)
+	sb, err := d.awake(ctx, sandbox)
 	if err != nil {
 		return nil, err
 	}
@@ -581,7 +603,7 @@ func (d *Daemon) WaitListener(ctx context.Context, sandbox string, req *agentv1.
 // ReadFile passes a file read through to the sandbox's agent: the file's
 // info first, then its data in chunks of at most OutputChunkSize.
 func (d *Daemon) ReadFile(ctx context.Context, sandbox string, req *agentv1.ReadFileRequest, send func(*agentv1.ReadFileChunk) error) error {
-	sb, err := d.reg.Get(sandbox)
+	sb, err := d.awake(ctx, sandbox)
 	if err != nil {
 		return err
 	}
@@ -624,7 +646,7 @@ func (c *chunkSender) Write(p []byte) (int, error) {
 
 // StatFile passes Stat through to the sandbox's agent.
 func (d *Daemon) StatFile(ctx context.Context, sandbox, path string) (*agentv1.FileInfo, error) {
-	sb, err := d.reg.Get(sandbox)
+	sb, err := d.awake(ctx, sandbox)
 	if err != nil {
 		return nil, err
 	}
@@ -633,7 +655,7 @@ func (d *Daemon) StatFile(ctx context.Context, sandbox, path string) (*agentv1.F
 
 // CallFunction passes a function call through to the sandbox's agent.
 func (d *Daemon) CallFunction(ctx context.Context, sandbox string, req *agentv1.FunctionCallRequest) (*agentv1.FunctionCallResponse, error) {
-	sb, err := d.reg.Get(sandbox)
+	sb, err := d.awake(ctx, sandbox)
 	if err != nil {
 		return nil, err
 	}

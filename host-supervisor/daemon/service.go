@@ -20,7 +20,18 @@ type Service struct {
 var _ supervisorv1.SupervisorService = (*Service)(nil)
 
 func (s *Service) AddSandbox(ctx context.Context, req *supervisorv1.AddSandboxRequest) (*supervisorv1.Sandbox, error) {
-	return s.D.AddSandbox(req.Id, req.Agent, req.Labels)
+	sb, err := s.D.AddSandbox(req.Id, req.Agent, req.Labels)
+	if err != nil {
+		return nil, err
+	}
+	if req.Qmp != "" {
+		// The sandbox stays registered when its monitor is unreachable.
+		if err := s.D.AttachVMM(ctx, req.Id, req.Qmp); err != nil {
+			return nil, err
+		}
+	}
+	sb.State = s.D.runState(req.Id)
+	return sb, nil
 }
 
 func (s *Service) RemoveSandbox(ctx context.Context, req *supervisorv1.SandboxRef) (*supervisorv1.RemoveSandboxResponse, error) {
@@ -144,4 +155,28 @@ func (s *Service) StatFile(ctx context.Context, req *supervisorv1.StatFileReques
 
 func (s *Service) CallFunction(ctx context.Context, req *supervisorv1.CallFunctionRequest) (*agentv1.FunctionCallResponse, error) {
 	return s.D.CallFunction(ctx, req.Sandbox, req.Request)
+}
+
+func (s *Service) Checkpoint(ctx context.Context, req *supervisorv1.CheckpointRequest) (*supervisorv1.CheckpointResponse, error) {
+	return s.D.Checkpoint(ctx, req)
+}
+
+func (s *Service) Restore(ctx context.Context, req *supervisorv1.RestoreRequest) (*supervisorv1.RestoreResponse, error) {
+	return s.D.Restore(ctx, req)
+}
+
+func (s *Service) Fork(ctx context.Context, req *supervisorv1.RestoreRequest) (*supervisorv1.RestoreResponse, error) {
+	return s.D.Fork(ctx, req)
+}
+
+func (s *Service) Pause(ctx context.Context, req *supervisorv1.SandboxRef) (*supervisorv1.LifecycleState, error) {
+	return s.D.Pause(ctx, req.Id)
+}
+
+func (s *Service) Sleep(ctx context.Context, req *supervisorv1.SandboxRef) (*supervisorv1.LifecycleState, error) {
+	return s.D.Sleep(ctx, req.Id)
+}
+
+func (s *Service) Resume(ctx context.Context, req *supervisorv1.SandboxRef) (*supervisorv1.ResumeResponse, error) {
+	return s.D.Resume(ctx, req.Id)
 }

@@ -142,8 +142,11 @@ type Sandbox struct {
 	Connected              bool   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
 	LastError              string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	ConnectedSinceUnixNano int64  `protobuf:"varint,7,opt,name=connected_since_unix_nano,json=connectedSinceUnixNano,proto3" json:"connected_since_unix_nano,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Live view: the run state ("running", "paused", "asleep") when a VMM is
+	// attached, empty otherwise.
+	State         string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
@@ -225,11 +228,22 @@ func (x *Sandbox) GetConnectedSinceUnixNano() int64 {
 	return 0
 }
 
+func (x *Sandbox) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type AddSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Agent         string                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Agent  string                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	Labels map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// QEMU's QMP unix socket of the sandbox's VM: the daemon holds the VM's
+	// monitor and serves the lifecycle verbs. Not journalled: after a daemon
+	// restart, add the sandbox again with it. Empty: an attached VMM stays.
+	Qmp           string `protobuf:"bytes,4,opt,name=qmp,proto3" json:"qmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +297,13 @@ func (x *AddSandboxRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *AddSandboxRequest) GetQmp() string {
+	if x != nil {
+		return x.Qmp
+	}
+	return ""
 }
 
 type SandboxRef struct {
@@ -1632,12 +1653,416 @@ func (x *CallFunctionRequest) GetRequest() *v1.FunctionCallRequest {
 	return nil
 }
 
+type CheckpointRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// Receives the VMM snapshot (needed when the VMM can snapshot).
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// cgroup v2 directories in the guest to freeze too.
+	Cgroups       []string `protobuf:"bytes,3,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointRequest) Reset() {
+	*x = CheckpointRequest{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointRequest) ProtoMessage() {}
+
+func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CheckpointRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *CheckpointRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CheckpointRequest) GetCgroups() []string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
+type CheckpointResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The snapshot written; empty when the VMM could only pause.
+	Snapshot string `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// The VMM cannot snapshot: the consistent point was a pause.
+	Paused bool `protobuf:"varint,3,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Guest mount points frozen, in freeze order.
+	Frozen   []string `protobuf:"bytes,4,rep,name=frozen,proto3" json:"frozen,omitempty"`
+	FreezeNs int64    `protobuf:"varint,5,opt,name=freeze_ns,json=freezeNs,proto3" json:"freeze_ns,omitempty"`
+	VmmNs    int64    `protobuf:"varint,6,opt,name=vmm_ns,json=vmmNs,proto3" json:"vmm_ns,omitempty"`
+	ThawNs   int64    `protobuf:"varint,7,opt,name=thaw_ns,json=thawNs,proto3" json:"thaw_ns,omitempty"`
+	// How long the guest was frozen.
+	QuiescedNs    int64 `protobuf:"varint,8,opt,name=quiesced_ns,json=quiescedNs,proto3" json:"quiesced_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointResponse) Reset() {
+	*x = CheckpointResponse{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointResponse) ProtoMessage() {}
+
+func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CheckpointResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetSnapshot() string {
+	if x != nil {
+		return x.Snapshot
+	}
+	return ""
+}
+
+func (x *CheckpointResponse) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *CheckpointResponse) GetFrozen() []string {
+	if x != nil {
+		return x.Frozen
+	}
+	return nil
+}
+
+func (x *CheckpointResponse) GetFreezeNs() int64 {
+	if x != nil {
+		return x.FreezeNs
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetVmmNs() int64 {
+	if x != nil {
+		return x.VmmNs
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetThawNs() int64 {
+	if x != nil {
+		return x.ThawNs
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetQuiescedNs() int64 {
+	if x != nil {
+		return x.QuiescedNs
+	}
+	return 0
+}
+
+type RestoreRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Path    string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Generation of the checkpoint at path; 0: the journalled one.
+	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	// A fork's new identity (Fork; default sandbox id: the sandbox's).
+	Identity      *v1.SandboxIdentity `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreRequest) Reset() {
+	*x = RestoreRequest{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreRequest) ProtoMessage() {}
+
+func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
+func (*RestoreRequest) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RestoreRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RestoreRequest) GetIdentity() *v1.SandboxIdentity {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+type RestoreResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Execs marked lost (not replayed).
+	Lost          []string           `protobuf:"bytes,2,rep,name=lost,proto3" json:"lost,omitempty"`
+	Resume        *v1.ResumeResponse `protobuf:"bytes,3,opt,name=resume,proto3" json:"resume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RestoreResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetLost() []string {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
+func (x *RestoreResponse) GetResume() *v1.ResumeResponse {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
+}
+
+type LifecycleState struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// "running", "paused" or "asleep".
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LifecycleState) Reset() {
+	*x = LifecycleState{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LifecycleState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LifecycleState) ProtoMessage() {}
+
+func (x *LifecycleState) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LifecycleState.ProtoReflect.Descriptor instead.
+func (*LifecycleState) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LifecycleState) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *LifecycleState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type ResumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state before.
+	Was string `protobuf:"bytes,1,opt,name=was,proto3" json:"was,omitempty"`
+	// The guest's answer to the clock/entropy update.
+	Agent         *v1.ResumeResponse `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeResponse) Reset() {
+	*x = ResumeResponse{}
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeResponse) ProtoMessage() {}
+
+func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_supervisor_v1_supervisor_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
+func (*ResumeResponse) Descriptor() ([]byte, []int) {
+	return file_supervisor_v1_supervisor_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ResumeResponse) GetWas() string {
+	if x != nil {
+		return x.Was
+	}
+	return ""
+}
+
+func (x *ResumeResponse) GetAgent() *v1.ResumeResponse {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
 var File_supervisor_v1_supervisor_proto protoreflect.FileDescriptor
 
 const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\n" +
-	"\x1esupervisor/v1/supervisor.proto\x12\x15sailbox.supervisor.v1\x1a\x13agent/v1/exec.proto\x1a\x14agent/v1/files.proto\x1a\x17agent/v1/function.proto\x1a\x17agent/v1/listener.proto\"\a\n" +
-	"\x05Empty\"\xc6\x02\n" +
+	"\x1esupervisor/v1/supervisor.proto\x12\x15sailbox.supervisor.v1\x1a\x13agent/v1/exec.proto\x1a\x14agent/v1/files.proto\x1a\x17agent/v1/function.proto\x1a\x17agent/v1/listener.proto\x1a\x17agent/v1/snapshot.proto\"\a\n" +
+	"\x05Empty\"\xdc\x02\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x1e\n" +
@@ -1648,14 +2073,16 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\tconnected\x18\x05 \x01(\bR\tconnected\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x129\n" +
-	"\x19connected_since_unix_nano\x18\a \x01(\x03R\x16connectedSinceUnixNano\x1a9\n" +
+	"\x19connected_since_unix_nano\x18\a \x01(\x03R\x16connectedSinceUnixNano\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\x01\n" +
 	"\x11AddSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\tR\x05agent\x12L\n" +
-	"\x06labels\x18\x03 \x03(\v24.sailbox.supervisor.v1.AddSandboxRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x03 \x03(\v24.sailbox.supervisor.v1.AddSandboxRequest.LabelsEntryR\x06labels\x12\x10\n" +
+	"\x03qmp\x18\x04 \x01(\tR\x03qmp\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x1c\n" +
@@ -1757,7 +2184,42 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\tR\x04path\"p\n" +
 	"\x13CallFunctionRequest\x12\x18\n" +
 	"\asandbox\x18\x01 \x01(\tR\asandbox\x12?\n" +
-	"\arequest\x18\x02 \x01(\v2%.sailbox.agent.v1.FunctionCallRequestR\arequest*\xb5\x01\n" +
+	"\arequest\x18\x02 \x01(\v2%.sailbox.agent.v1.FunctionCallRequestR\arequest\"[\n" +
+	"\x11CheckpointRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
+	"\acgroups\x18\x03 \x03(\tR\acgroups\"\xee\x01\n" +
+	"\x12CheckpointResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\x12\x16\n" +
+	"\x06paused\x18\x03 \x01(\bR\x06paused\x12\x16\n" +
+	"\x06frozen\x18\x04 \x03(\tR\x06frozen\x12\x1b\n" +
+	"\tfreeze_ns\x18\x05 \x01(\x03R\bfreezeNs\x12\x15\n" +
+	"\x06vmm_ns\x18\x06 \x01(\x03R\x05vmmNs\x12\x17\n" +
+	"\athaw_ns\x18\a \x01(\x03R\x06thawNs\x12\x1f\n" +
+	"\vquiesced_ns\x18\b \x01(\x03R\n" +
+	"quiescedNs\"\x9d\x01\n" +
+	"\x0eRestoreRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12=\n" +
+	"\bidentity\x18\x04 \x01(\v2!.sailbox.agent.v1.SandboxIdentityR\bidentity\"\x7f\n" +
+	"\x0fRestoreResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x12\n" +
+	"\x04lost\x18\x02 \x03(\tR\x04lost\x128\n" +
+	"\x06resume\x18\x03 \x01(\v2 .sailbox.agent.v1.ResumeResponseR\x06resume\"@\n" +
+	"\x0eLifecycleState\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\"Z\n" +
+	"\x0eResumeResponse\x12\x10\n" +
+	"\x03was\x18\x01 \x01(\tR\x03was\x126\n" +
+	"\x05agent\x18\x02 \x01(\v2 .sailbox.agent.v1.ResumeResponseR\x05agent*\xb5\x01\n" +
 	"\tExecState\x12\x1a\n" +
 	"\x16EXEC_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13EXEC_STATE_ACCEPTED\x10\x01\x12\x16\n" +
@@ -1765,7 +2227,7 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\x11EXEC_STATE_EXITED\x10\x03\x12\x15\n" +
 	"\x11EXEC_STATE_FAILED\x10\x04\x12\x18\n" +
 	"\x14EXEC_STATE_TIMED_OUT\x10\x05\x12\x13\n" +
-	"\x0fEXEC_STATE_LOST\x10\x062\xc5\r\n" +
+	"\x0fEXEC_STATE_LOST\x10\x062\xd3\x11\n" +
 	"\n" +
 	"Supervisor\x12V\n" +
 	"\n" +
@@ -1793,7 +2255,14 @@ const file_supervisor_v1_supervisor_proto_rawDesc = "" +
 	"\fWaitListener\x12*.sailbox.supervisor.v1.WaitListenerRequest\x1a&.sailbox.agent.v1.WaitListenerResponse\x12U\n" +
 	"\bReadFile\x12&.sailbox.supervisor.v1.ReadFileRequest\x1a\x1f.sailbox.agent.v1.ReadFileChunk0\x01\x12N\n" +
 	"\bStatFile\x12&.sailbox.supervisor.v1.StatFileRequest\x1a\x1a.sailbox.agent.v1.FileInfo\x12b\n" +
-	"\fCallFunction\x12*.sailbox.supervisor.v1.CallFunctionRequest\x1a&.sailbox.agent.v1.FunctionCallResponseB@Z>github.com/sailbox/sailbox/protocol/supervisor/v1;supervisorv1b\x06proto3"
+	"\fCallFunction\x12*.sailbox.supervisor.v1.CallFunctionRequest\x1a&.sailbox.agent.v1.FunctionCallResponse\x12a\n" +
+	"\n" +
+	"Checkpoint\x12(.sailbox.supervisor.v1.CheckpointRequest\x1a).sailbox.supervisor.v1.CheckpointResponse\x12X\n" +
+	"\aRestore\x12%.sailbox.supervisor.v1.RestoreRequest\x1a&.sailbox.supervisor.v1.RestoreResponse\x12U\n" +
+	"\x04Fork\x12%.sailbox.supervisor.v1.RestoreRequest\x1a&.sailbox.supervisor.v1.RestoreResponse\x12Q\n" +
+	"\x05Pause\x12!.sailbox.supervisor.v1.SandboxRef\x1a%.sailbox.supervisor.v1.LifecycleState\x12Q\n" +
+	"\x05Sleep\x12!.sailbox.supervisor.v1.SandboxRef\x1a%.sailbox.supervisor.v1.LifecycleState\x12R\n" +
+	"\x06Resume\x12!.sailbox.supervisor.v1.SandboxRef\x1a%.sailbox.supervisor.v1.ResumeResponseB@Z>github.com/sailbox/sailbox/protocol/supervisor/v1;supervisorv1b\x06proto3"
 
 var (
 	file_supervisor_v1_supervisor_proto_rawDescOnce sync.Once
@@ -1808,7 +2277,7 @@ func file_supervisor_v1_supervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_supervisor_v1_supervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_supervisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_supervisor_v1_supervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_supervisor_v1_supervisor_proto_goTypes = []any{
 	(ExecState)(0),                    // 0: sailbox.supervisor.v1.ExecState
 	(*Empty)(nil),                     // 1: sailbox.supervisor.v1.Empty
@@ -1836,78 +2305,101 @@ var file_supervisor_v1_supervisor_proto_goTypes = []any{
 	(*ReadFileRequest)(nil),           // 23: sailbox.supervisor.v1.ReadFileRequest
 	(*StatFileRequest)(nil),           // 24: sailbox.supervisor.v1.StatFileRequest
 	(*CallFunctionRequest)(nil),       // 25: sailbox.supervisor.v1.CallFunctionRequest
-	nil,                               // 26: sailbox.supervisor.v1.Sandbox.LabelsEntry
-	nil,                               // 27: sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
-	(*v1.StartRequest)(nil),           // 28: sailbox.agent.v1.StartRequest
-	(v1.Stream)(0),                    // 29: sailbox.agent.v1.Stream
-	(*v1.WaitListenerRequest)(nil),    // 30: sailbox.agent.v1.WaitListenerRequest
-	(*v1.ReadFileRequest)(nil),        // 31: sailbox.agent.v1.ReadFileRequest
-	(*v1.FunctionCallRequest)(nil),    // 32: sailbox.agent.v1.FunctionCallRequest
-	(*v1.WaitListenerResponse)(nil),   // 33: sailbox.agent.v1.WaitListenerResponse
-	(*v1.ReadFileChunk)(nil),          // 34: sailbox.agent.v1.ReadFileChunk
-	(*v1.FileInfo)(nil),               // 35: sailbox.agent.v1.FileInfo
-	(*v1.FunctionCallResponse)(nil),   // 36: sailbox.agent.v1.FunctionCallResponse
+	(*CheckpointRequest)(nil),         // 26: sailbox.supervisor.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),        // 27: sailbox.supervisor.v1.CheckpointResponse
+	(*RestoreRequest)(nil),            // 28: sailbox.supervisor.v1.RestoreRequest
+	(*RestoreResponse)(nil),           // 29: sailbox.supervisor.v1.RestoreResponse
+	(*LifecycleState)(nil),            // 30: sailbox.supervisor.v1.LifecycleState
+	(*ResumeResponse)(nil),            // 31: sailbox.supervisor.v1.ResumeResponse
+	nil,                               // 32: sailbox.supervisor.v1.Sandbox.LabelsEntry
+	nil,                               // 33: sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
+	(*v1.StartRequest)(nil),           // 34: sailbox.agent.v1.StartRequest
+	(v1.Stream)(0),                    // 35: sailbox.agent.v1.Stream
+	(*v1.WaitListenerRequest)(nil),    // 36: sailbox.agent.v1.WaitListenerRequest
+	(*v1.ReadFileRequest)(nil),        // 37: sailbox.agent.v1.ReadFileRequest
+	(*v1.FunctionCallRequest)(nil),    // 38: sailbox.agent.v1.FunctionCallRequest
+	(*v1.SandboxIdentity)(nil),        // 39: sailbox.agent.v1.SandboxIdentity
+	(*v1.ResumeResponse)(nil),         // 40: sailbox.agent.v1.ResumeResponse
+	(*v1.WaitListenerResponse)(nil),   // 41: sailbox.agent.v1.WaitListenerResponse
+	(*v1.ReadFileChunk)(nil),          // 42: sailbox.agent.v1.ReadFileChunk
+	(*v1.FileInfo)(nil),               // 43: sailbox.agent.v1.FileInfo
+	(*v1.FunctionCallResponse)(nil),   // 44: sailbox.agent.v1.FunctionCallResponse
 }
 var file_supervisor_v1_supervisor_proto_depIdxs = []int32{
-	26, // 0: sailbox.supervisor.v1.Sandbox.labels:type_name -> sailbox.supervisor.v1.Sandbox.LabelsEntry
-	27, // 1: sailbox.supervisor.v1.AddSandboxRequest.labels:type_name -> sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
+	32, // 0: sailbox.supervisor.v1.Sandbox.labels:type_name -> sailbox.supervisor.v1.Sandbox.LabelsEntry
+	33, // 1: sailbox.supervisor.v1.AddSandboxRequest.labels:type_name -> sailbox.supervisor.v1.AddSandboxRequest.LabelsEntry
 	2,  // 2: sailbox.supervisor.v1.ListSandboxesResponse.sandboxes:type_name -> sailbox.supervisor.v1.Sandbox
 	2,  // 3: sailbox.supervisor.v1.RestoreGenerationResponse.sandbox:type_name -> sailbox.supervisor.v1.Sandbox
-	28, // 4: sailbox.supervisor.v1.ExecRecord.request:type_name -> sailbox.agent.v1.StartRequest
+	34, // 4: sailbox.supervisor.v1.ExecRecord.request:type_name -> sailbox.agent.v1.StartRequest
 	0,  // 5: sailbox.supervisor.v1.ExecRecord.state:type_name -> sailbox.supervisor.v1.ExecState
 	10, // 6: sailbox.supervisor.v1.ExecRecord.stdout:type_name -> sailbox.supervisor.v1.StreamInfo
 	10, // 7: sailbox.supervisor.v1.ExecRecord.stderr:type_name -> sailbox.supervisor.v1.StreamInfo
-	28, // 8: sailbox.supervisor.v1.StartExecRequest.request:type_name -> sailbox.agent.v1.StartRequest
+	34, // 8: sailbox.supervisor.v1.StartExecRequest.request:type_name -> sailbox.agent.v1.StartRequest
 	11, // 9: sailbox.supervisor.v1.StartExecResponse.record:type_name -> sailbox.supervisor.v1.ExecRecord
-	29, // 10: sailbox.supervisor.v1.ExecOutputChunk.stream:type_name -> sailbox.agent.v1.Stream
+	35, // 10: sailbox.supervisor.v1.ExecOutputChunk.stream:type_name -> sailbox.agent.v1.Stream
 	11, // 11: sailbox.supervisor.v1.ExecOutputChunk.final:type_name -> sailbox.supervisor.v1.ExecRecord
 	11, // 12: sailbox.supervisor.v1.ListExecsResponse.execs:type_name -> sailbox.supervisor.v1.ExecRecord
-	30, // 13: sailbox.supervisor.v1.WaitListenerRequest.request:type_name -> sailbox.agent.v1.WaitListenerRequest
-	31, // 14: sailbox.supervisor.v1.ReadFileRequest.request:type_name -> sailbox.agent.v1.ReadFileRequest
-	32, // 15: sailbox.supervisor.v1.CallFunctionRequest.request:type_name -> sailbox.agent.v1.FunctionCallRequest
-	3,  // 16: sailbox.supervisor.v1.Supervisor.AddSandbox:input_type -> sailbox.supervisor.v1.AddSandboxRequest
-	4,  // 17: sailbox.supervisor.v1.Supervisor.RemoveSandbox:input_type -> sailbox.supervisor.v1.SandboxRef
-	6,  // 18: sailbox.supervisor.v1.Supervisor.ListSandboxes:input_type -> sailbox.supervisor.v1.ListSandboxesRequest
-	8,  // 19: sailbox.supervisor.v1.Supervisor.Checkpointed:input_type -> sailbox.supervisor.v1.GenerationRequest
-	8,  // 20: sailbox.supervisor.v1.Supervisor.RestoreGeneration:input_type -> sailbox.supervisor.v1.GenerationRequest
-	12, // 21: sailbox.supervisor.v1.Supervisor.StartExec:input_type -> sailbox.supervisor.v1.StartExecRequest
-	14, // 22: sailbox.supervisor.v1.Supervisor.GetExec:input_type -> sailbox.supervisor.v1.ExecRef
-	14, // 23: sailbox.supervisor.v1.Supervisor.WaitExec:input_type -> sailbox.supervisor.v1.ExecRef
-	15, // 24: sailbox.supervisor.v1.Supervisor.ExecOutput:input_type -> sailbox.supervisor.v1.ExecOutputRequest
-	17, // 25: sailbox.supervisor.v1.Supervisor.SignalExec:input_type -> sailbox.supervisor.v1.SignalExecRequest
-	18, // 26: sailbox.supervisor.v1.Supervisor.WriteStdin:input_type -> sailbox.supervisor.v1.WriteStdinRequest
-	14, // 27: sailbox.supervisor.v1.Supervisor.CloseStdin:input_type -> sailbox.supervisor.v1.ExecRef
-	19, // 28: sailbox.supervisor.v1.Supervisor.ResizeExec:input_type -> sailbox.supervisor.v1.ResizeExecRequest
-	20, // 29: sailbox.supervisor.v1.Supervisor.ListExecs:input_type -> sailbox.supervisor.v1.ListExecsRequest
-	14, // 30: sailbox.supervisor.v1.Supervisor.DeleteExec:input_type -> sailbox.supervisor.v1.ExecRef
-	22, // 31: sailbox.supervisor.v1.Supervisor.WaitListener:input_type -> sailbox.supervisor.v1.WaitListenerRequest
-	23, // 32: sailbox.supervisor.v1.Supervisor.ReadFile:input_type -> sailbox.supervisor.v1.ReadFileRequest
-	24, // 33: sailbox.supervisor.v1.Supervisor.StatFile:input_type -> sailbox.supervisor.v1.StatFileRequest
-	25, // 34: sailbox.supervisor.v1.Supervisor.CallFunction:input_type -> sailbox.supervisor.v1.CallFunctionRequest
-	2,  // 35: sailbox.supervisor.v1.Supervisor.AddSandbox:output_type -> sailbox.supervisor.v1.Sandbox
-	5,  // 36: sailbox.supervisor.v1.Supervisor.RemoveSandbox:output_type -> sailbox.supervisor.v1.RemoveSandboxResponse
-	7,  // 37: sailbox.supervisor.v1.Supervisor.ListSandboxes:output_type -> sailbox.supervisor.v1.ListSandboxesResponse
-	2,  // 38: sailbox.supervisor.v1.Supervisor.Checkpointed:output_type -> sailbox.supervisor.v1.Sandbox
-	9,  // 39: sailbox.supervisor.v1.Supervisor.RestoreGeneration:output_type -> sailbox.supervisor.v1.RestoreGenerationResponse
-	13, // 40: sailbox.supervisor.v1.Supervisor.StartExec:output_type -> sailbox.supervisor.v1.StartExecResponse
-	11, // 41: sailbox.supervisor.v1.Supervisor.GetExec:output_type -> sailbox.supervisor.v1.ExecRecord
-	11, // 42: sailbox.supervisor.v1.Supervisor.WaitExec:output_type -> sailbox.supervisor.v1.ExecRecord
-	16, // 43: sailbox.supervisor.v1.Supervisor.ExecOutput:output_type -> sailbox.supervisor.v1.ExecOutputChunk
-	1,  // 44: sailbox.supervisor.v1.Supervisor.SignalExec:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 45: sailbox.supervisor.v1.Supervisor.WriteStdin:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 46: sailbox.supervisor.v1.Supervisor.CloseStdin:output_type -> sailbox.supervisor.v1.Empty
-	1,  // 47: sailbox.supervisor.v1.Supervisor.ResizeExec:output_type -> sailbox.supervisor.v1.Empty
-	21, // 48: sailbox.supervisor.v1.Supervisor.ListExecs:output_type -> sailbox.supervisor.v1.ListExecsResponse
-	1,  // 49: sailbox.supervisor.v1.Supervisor.DeleteExec:output_type -> sailbox.supervisor.v1.Empty
-	33, // 50: sailbox.supervisor.v1.Supervisor.WaitListener:output_type -> sailbox.agent.v1.WaitListenerResponse
-	34, // 51: sailbox.supervisor.v1.Supervisor.ReadFile:output_type -> sailbox.agent.v1.ReadFileChunk
-	35, // 52: sailbox.supervisor.v1.Supervisor.StatFile:output_type -> sailbox.agent.v1.FileInfo
-	36, // 53: sailbox.supervisor.v1.Supervisor.CallFunction:output_type -> sailbox.agent.v1.FunctionCallResponse
-	35, // [35:54] is the sub-list for method output_type
-	16, // [16:35] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	36, // 13: sailbox.supervisor.v1.WaitListenerRequest.request:type_name -> sailbox.agent.v1.WaitListenerRequest
+	37, // 14: sailbox.supervisor.v1.ReadFileRequest.request:type_name -> sailbox.agent.v1.ReadFileRequest
+	38, // 15: sailbox.supervisor.v1.CallFunctionRequest.request:type_name -> sailbox.agent.v1.FunctionCallRequest
+	39, // 16: sailbox.supervisor.v1.RestoreRequest.identity:type_name -> sailbox.agent.v1.SandboxIdentity
+	40, // 17: sailbox.supervisor.v1.RestoreResponse.resume:type_name -> sailbox.agent.v1.ResumeResponse
+	40, // 18: sailbox.supervisor.v1.ResumeResponse.agent:type_name -> sailbox.agent.v1.ResumeResponse
+	3,  // 19: sailbox.supervisor.v1.Supervisor.AddSandbox:input_type -> sailbox.supervisor.v1.AddSandboxRequest
+	4,  // 20: sailbox.supervisor.v1.Supervisor.RemoveSandbox:input_type -> sailbox.supervisor.v1.SandboxRef
+	6,  // 21: sailbox.supervisor.v1.Supervisor.ListSandboxes:input_type -> sailbox.supervisor.v1.ListSandboxesRequest
+	8,  // 22: sailbox.supervisor.v1.Supervisor.Checkpointed:input_type -> sailbox.supervisor.v1.GenerationRequest
+	8,  // 23: sailbox.supervisor.v1.Supervisor.RestoreGeneration:input_type -> sailbox.supervisor.v1.GenerationRequest
+	12, // 24: sailbox.supervisor.v1.Supervisor.StartExec:input_type -> sailbox.supervisor.v1.StartExecRequest
+	14, // 25: sailbox.supervisor.v1.Supervisor.GetExec:input_type -> sailbox.supervisor.v1.ExecRef
+	14, // 26: sailbox.supervisor.v1.Supervisor.WaitExec:input_type -> sailbox.supervisor.v1.ExecRef
+	15, // 27: sailbox.supervisor.v1.Supervisor.ExecOutput:input_type -> sailbox.supervisor.v1.ExecOutputRequest
+	17, // 28: sailbox.supervisor.v1.Supervisor.SignalExec:input_type -> sailbox.supervisor.v1.SignalExecRequest
+	18, // 29: sailbox.supervisor.v1.Supervisor.WriteStdin:input_type -> sailbox.supervisor.v1.WriteStdinRequest
+	14, // 30: sailbox.supervisor.v1.Supervisor.CloseStdin:input_type -> sailbox.supervisor.v1.ExecRef
+	19, // 31: sailbox.supervisor.v1.Supervisor.ResizeExec:input_type -> sailbox.supervisor.v1.ResizeExecRequest
+	20, // 32: sailbox.supervisor.v1.Supervisor.ListExecs:input_type -> sailbox.supervisor.v1.ListExecsRequest
+	14, // 33: sailbox.supervisor.v1.Supervisor.DeleteExec:input_type -> sailbox.supervisor.v1.ExecRef
+	22, // 34: sailbox.supervisor.v1.Supervisor.WaitListener:input_type -> sailbox.supervisor.v1.WaitListenerRequest
+	23, // 35: sailbox.supervisor.v1.Supervisor.ReadFile:input_type -> sailbox.supervisor.v1.ReadFileRequest
+	24, // 36: sailbox.supervisor.v1.Supervisor.StatFile:input_type -> sailbox.supervisor.v1.StatFileRequest
+	25, // 37: sailbox.supervisor.v1.Supervisor.CallFunction:input_type -> sailbox.supervisor.v1.CallFunctionRequest
+	26, // 38: sailbox.supervisor.v1.Supervisor.Checkpoint:input_type -> sailbox.supervisor.v1.CheckpointRequest
+	28, // 39: sailbox.supervisor.v1.Supervisor.Restore:input_type -> sailbox.supervisor.v1.RestoreRequest
+	28, // 40: sailbox.supervisor.v1.Supervisor.Fork:input_type -> sailbox.supervisor.v1.RestoreRequest
+	4,  // 41: sailbox.supervisor.v1.Supervisor.Pause:input_type -> sailbox.supervisor.v1.SandboxRef
+	4,  // 42: sailbox.supervisor.v1.Supervisor.Sleep:input_type -> sailbox.supervisor.v1.SandboxRef
+	4,  // 43: sailbox.supervisor.v1.Supervisor.Resume:input_type -> sailbox.supervisor.v1.SandboxRef
+	2,  // 44: sailbox.supervisor.v1.Supervisor.AddSandbox:output_type -> sailbox.supervisor.v1.Sandbox
+	5,  // 45: sailbox.supervisor.v1.Supervisor.RemoveSandbox:output_type -> sailbox.supervisor.v1.RemoveSandboxResponse
+	7,  // 46: sailbox.supervisor.v1.Supervisor.ListSandboxes:output_type -> sailbox.supervisor.v1.ListSandboxesResponse
+	2,  // 47: sailbox.supervisor.v1.Supervisor.Checkpointed:output_type -> sailbox.supervisor.v1.Sandbox
+	9,  // 48: sailbox.supervisor.v1.Supervisor.RestoreGeneration:output_type -> sailbox.supervisor.v1.RestoreGenerationResponse
+	13, // 49: sailbox.supervisor.v1.Supervisor.StartExec:output_type -> sailbox.supervisor.v1.StartExecResponse
+	11, // 50: sailbox.supervisor.v1.Supervisor.GetExec:output_type -> sailbox.supervisor.v1.ExecRecord
+	11, // 51: sailbox.supervisor.v1.Supervisor.WaitExec:output_type -> sailbox.supervisor.v1.ExecRecord
+	16, // 52: sailbox.supervisor.v1.Supervisor.ExecOutput:output_type -> sailbox.supervisor.v1.ExecOutputChunk
+	1,  // 53: sailbox.supervisor.v1.Supervisor.SignalExec:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 54: sailbox.supervisor.v1.Supervisor.WriteStdin:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 55: sailbox.supervisor.v1.Supervisor.CloseStdin:output_type -> sailbox.supervisor.v1.Empty
+	1,  // 56: sailbox.supervisor.v1.Supervisor.ResizeExec:output_type -> sailbox.supervisor.v1.Empty
+	21, // 57: sailbox.supervisor.v1.Supervisor.ListExecs:output_type -> sailbox.supervisor.v1.ListExecsResponse
+	1,  // 58: sailbox.supervisor.v1.Supervisor.DeleteExec:output_type -> sailbox.supervisor.v1.Empty
+	41, // 59: sailbox.supervisor.v1.Supervisor.WaitListener:output_type -> sailbox.agent.v1.WaitListenerResponse
+	42, // 60: sailbox.supervisor.v1.Supervisor.ReadFile:output_type -> sailbox.agent.v1.ReadFileChunk
+	43, // 61: sailbox.supervisor.v1.Supervisor.StatFile:output_type -> sailbox.agent.v1.FileInfo
+	44, // 62: sailbox.supervisor.v1.Supervisor.CallFunction:output_type -> sailbox.agent.v1.FunctionCallResponse
+	27, // 63: sailbox.supervisor.v1.Supervisor.Checkpoint:output_type -> sailbox.supervisor.v1.CheckpointResponse
+	29, // 64: sailbox.supervisor.v1.Supervisor.Restore:output_type -> sailbox.supervisor.v1.RestoreResponse
+	29, // 65: sailbox.supervisor.v1.Supervisor.Fork:output_type -> sailbox.supervisor.v1.RestoreResponse
+	30, // 66: sailbox.supervisor.v1.Supervisor.Pause:output_type -> sailbox.supervisor.v1.LifecycleState
+	30, // 67: sailbox.supervisor.v1.Supervisor.Sleep:output_type -> sailbox.supervisor.v1.LifecycleState
+	31, // 68: sailbox.supervisor.v1.Supervisor.Resume:output_type -> sailbox.supervisor.v1.ResumeResponse
+	44, // [44:69] is the sub-list for method output_type
+	19, // [19:44] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_supervisor_v1_supervisor_proto_init() }
@@ -1921,7 +2413,7 @@ func file_supervisor_v1_supervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_supervisor_v1_supervisor_proto_rawDesc), len(file_supervisor_v1_supervisor_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,12 @@ type SupervisorService interface {
 	ReadFile(context.Context, *ReadFileRequest, Supervisor_ReadFileServer) error
 	StatFile(context.Context, *StatFileRequest) (*v1.FileInfo, error)
 	CallFunction(context.Context, *CallFunctionRequest) (*v1.FunctionCallResponse, error)
+	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
+	Restore(context.Context, *RestoreRequest) (*RestoreResponse, error)
+	Fork(context.Context, *RestoreRequest) (*RestoreResponse, error)
+	Pause(context.Context, *SandboxRef) (*LifecycleState, error)
+	Sleep(context.Context, *SandboxRef) (*LifecycleState, error)
+	Resume(context.Context, *SandboxRef) (*ResumeResponse, error)
 }
 
 type Supervisor_ExecOutputServer interface {
@@ -178,6 +184,48 @@ func RegisterSupervisorService(srv *ttrpc.Server, svc SupervisorService) {
 				}
 				return svc.CallFunction(ctx, &req)
 			},
+			"Checkpoint": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req CheckpointRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Checkpoint(ctx, &req)
+			},
+			"Restore": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RestoreRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Restore(ctx, &req)
+			},
+			"Fork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RestoreRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Fork(ctx, &req)
+			},
+			"Pause": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SandboxRef
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Pause(ctx, &req)
+			},
+			"Sleep": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SandboxRef
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Sleep(ctx, &req)
+			},
+			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SandboxRef
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Resume(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ExecOutput": {
@@ -226,6 +274,12 @@ type SupervisorClient interface {
 	ReadFile(context.Context, *ReadFileRequest) (Supervisor_ReadFileClient, error)
 	StatFile(context.Context, *StatFileRequest) (*v1.FileInfo, error)
 	CallFunction(context.Context, *CallFunctionRequest) (*v1.FunctionCallResponse, error)
+	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
+	Restore(context.Context, *RestoreRequest) (*RestoreResponse, error)
+	Fork(context.Context, *RestoreRequest) (*RestoreResponse, error)
+	Pause(context.Context, *SandboxRef) (*LifecycleState, error)
+	Sleep(context.Context, *SandboxRef) (*LifecycleState, error)
+	Resume(context.Context, *SandboxRef) (*ResumeResponse, error)
 }
 
 type supervisorClient struct {
@@ -427,6 +481,54 @@ func (c *supervisorClient) StatFile(ctx context.Context, req *StatFileRequest) (
 func (c *supervisorClient) CallFunction(ctx context.Context, req *CallFunctionRequest) (*v1.FunctionCallResponse, error) {
 	var resp v1.FunctionCallResponse
 	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "CallFunction", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Checkpoint(ctx context.Context, req *CheckpointRequest) (*CheckpointResponse, error) {
+	var resp CheckpointResponse
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Checkpoint", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Restore(ctx context.Context, req *RestoreRequest) (*RestoreResponse, error) {
+	var resp RestoreResponse
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Restore", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Fork(ctx context.Context, req *RestoreRequest) (*RestoreResponse, error) {
+	var resp RestoreResponse
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Fork", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Pause(ctx context.Context, req *SandboxRef) (*LifecycleState, error) {
+	var resp LifecycleState
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Pause", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Sleep(ctx context.Context, req *SandboxRef) (*LifecycleState, error) {
+	var resp LifecycleState
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Sleep", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *supervisorClient) Resume(ctx context.Context, req *SandboxRef) (*ResumeResponse, error) {
+	var resp ResumeResponse
+	if err := c.client.Call(ctx, "sailbox.supervisor.v1.Supervisor", "Resume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

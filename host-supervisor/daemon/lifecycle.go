@@ -1,0 +1,197 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"github.com/sailbox/sailbox/host-supervisor/lifecycle"
+	"github.com/sailbox/sailbox/host-supervisor/vmm"
+	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// DialVMM connects to a sandbox's VM monitor; the closer is called when the
+// sandbox is removed, re-attached or the daemon closes.
+type DialVMM func(ctx context.Context, sandbox, qmp string) (vmm.VMM, func() error, error)
+
+// dialQEMU is the default DialVMM: QEMU over its QMP socket.
+func dialQEMU(ctx context.Context, sandbox, qmp string) (vmm.VMM, func() error, error) {
+	q, closeQ, err := vmm.DialQEMU(ctx, qmp)
+	if err != nil {
+		return nil, nil, err
+	}
+	return q, closeQ, nil
+}
+
+// vmmDialTimeout bounds connecting to a VM's monitor in AddSandbox.
+const vmmDialTimeout = 10 * time.Second
+
+// attachedVMM is a sandbox's monitor connection.
+type attachedVMM struct {
+	qmp   string
+	close func() error
+}
+
+// AttachVMM gives a registered sandbox a VMM (its monitor at qmp): the
+// lifecycle verbs then work on it, and a sleeping VM is woken by the next
+// call that reaches its agent. Attaching the same qmp again keeps the
+// current lifecycle (and its run state); another qmp replaces it.
+func (d *Daemon) AttachVMM(ctx context.Context, id, qmp string) error {
+	sb, err := d.reg.Get(id)
+	if err != nil {
+		return err
+	}
+	d.vmmMu.Lock()
+	defer d.vmmMu.Unlock()
+	if old, ok := d.vmms[id]; ok && old.qmp == qmp {
+		if _, err := d.lc.Get(id); err == nil {
+			return nil
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, vmmDialTimeout)
+	defer cancel()
+	m, closeM, err := d.cfg.DialVMM(dctx, id, qmp)
+	if err != nil {
+		return status.Errorf(status.Code(err), "sandbox %s: vmm at %s: %s", id, qmp, status.Convert(err).Message())
+	}
+	d.detachLocked(id)
+	d.vmms[id] = attachedVMM{qmp: qmp, close: closeM}
+	d.lc.Add(lifecycle.New(lifecycle.Config{
+		ID: id, Agent: sb.Client, VMM: m, Journal: lifecycle.DaemonJournal{D: d}, Logger: d.log,
+	}))
+	d.log.Info("vmm attached", "sandbox", id, "qmp", qmp, "capabilities", m.Capabilities().String())
+	return nil
+}
+
+// detachLocked forgets a sandbox's VMM and closes its monitor connection.
+func (d *Daemon) detachLocked(id string) {
+	d.lc.Remove(id)
+	if a, ok := d.vmms[id]; ok {
+		delete(d.vmms, id)
+		if a.close != nil {
+			a.close()
+		}
+	}
+}
+
+func (d *Daemon) detachAll() {
+	d.vmmMu.Lock()
+	defer d.vmmMu.Unlock()
+	for id := range d.vmms {
+		d.detachLocked(id)
+	}
+}
+
+// wake wakes a sleeping sandbox before a call is forwarded to its agent.
+func (d *Daemon) wake(ctx context.Context, sandbox string) error {
+	return d.lc.Wake(ctx, sandbox)
+}
+
+// lifecycleOf returns a sandbox's lifecycle: NotFound for an unknown
+// sandbox, FailedPrecondition for one without a VMM.
+func (d *Daemon) lifecycleOf(id string) (*lifecycle.Sandbox, error) {
+	if _, err := d.reg.Get(id); err != nil {
+		return nil, err
+	}
+	s, err := d.lc.Get(id)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "sandbox %s: no VMM attached; add the sandbox with its monitor (qmp) for lifecycle operations", id)
+	}
+	return s, nil
+}
+
+// runState is the sandbox's run state for the API ("" without a VMM).
+func (d *Daemon) runState(id string) string {
+	s, err := d.lc.Get(id)
+	if err != nil {
+		return ""
+	}
+	return s.State().String()
+}
+
+// Checkpoint takes a checkpoint of the sandbox (lifecycle.Sandbox.Checkpoint).
+func (d *Daemon) Checkpoint(ctx context.Context, req *supervisorv1.CheckpointRequest) (*supervisorv1.CheckpointResponse, error) {
+	s, err := d.lifecycleOf(req.Sandbox)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := s.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: req.Path, Cgroups: req.Cgroups})
+	if err != nil {
+		// A report with an error (taken, but the thaw failed): the message names the generation.
+		return nil, err
+	}
+	return &supervisorv1.CheckpointResponse{
+		Generation: rep.Generation, Snapshot: rep.Snapshot, Paused: rep.Paused, Frozen: rep.Frozen,
+		FreezeNs: rep.Freeze.Nanoseconds(), VmmNs: rep.VMM.Nanoseconds(), ThawNs: rep.Thaw.Nanoseconds(),
+		QuiescedNs: rep.Quiesced.Nanoseconds(),
+	}, nil
+}
+
+// Restore restores the sandbox from a checkpoint (lifecycle.Sandbox.Restore).
+func (d *Daemon) Restore(ctx context.Context, req *supervisorv1.RestoreRequest) (*supervisorv1.RestoreResponse, error) {
+	return d.restore(ctx, req, false)
+}
+
+// Fork restores a checkpoint into the sandbox with a new identity (lifecycle.Sandbox.Fork).
+func (d *Daemon) Fork(ctx context.Context, req *supervisorv1.RestoreRequest) (*supervisorv1.RestoreResponse, error) {
+	return d.restore(ctx, req, true)
+}
+
+func (d *Daemon) restore(ctx context.Context, req *supervisorv1.RestoreRequest, fork bool) (*supervisorv1.RestoreResponse, error) {
+	s, err := d.lifecycleOf(req.Sandbox)
+	if err != nil {
+		return nil, err
+	}
+	o := lifecycle.RestoreOptions{Path: req.Path, Generation: req.Generation, Identity: req.Identity}
+	var rep *lifecycle.RestoreReport
+	if fork {
+		rep, err = s.Fork(ctx, o)
+	} else {
+		if req.Identity != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "sandbox %s: restore keeps the identity; use fork for a new one", req.Sandbox)
+		}
+		rep, err = s.Restore(ctx, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &supervisorv1.RestoreResponse{Generation: rep.Generation, Lost: rep.Lost, Resume: rep.Resume}, nil
+}
+
+// Pause pauses the sandbox's VM until Resume.
+func (d *Daemon) Pause(ctx context.Context, id string) (*supervisorv1.LifecycleState, error) {
+	s, err := d.lifecycleOf(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Pause(ctx); err != nil {
+		return nil, err
+	}
+	return &supervisorv1.LifecycleState{Sandbox: id, State: s.State().String()}, nil
+}
+
+// Sleep pauses the sandbox's VM until the next call that reaches its agent.
+func (d *Daemon) Sleep(ctx context.Context, id string) (*supervisorv1.LifecycleState, error) {
+	s, err := d.lifecycleOf(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Sleep(ctx); err != nil {
+		return nil, err
+	}
+	return &supervisorv1.LifecycleState{Sandbox: id, State: s.State().String()}, nil
+}
+
+// Resume runs a paused or sleeping VM and updates the guest's clock.
+func (d *Daemon) Resume(ctx context.Context, id string) (*supervisorv1.ResumeResponse, error) {
+	s, err := d.lifecycleOf(id)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := s.Resume(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &supervisorv1.ResumeResponse{Was: rep.Was.String(), Agent: rep.Agent}, nil
+}
