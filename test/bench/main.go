@@ -82,7 +82,7 @@ func plan() []*run {
 	m := time.Minute
 	return []*run{
 		{key: "exec", pkg: "./test/bench", bench: "ExecRoundTrip", benchtime: "400x", timeout: 3 * m},
-		{key: "ssh", pkg: "./test/bench", bench: "ExecVsSSH", benchtime: "20x", timeout: 3 * m},
+		{key: "ssh", pkg: "./test/bench", bench: "ExecVsSSH", benchtime: "30x", timeout: 3 * m},
 		{key: "supervisor", pkg: "./test/supervisor", bench: "DurableVsDirect", benchtime: "2x", timeout: 4 * m},
 		{key: "stream", pkg: "./test/bench", bench: "OutputStream", benchtime: "3x", timeout: 3 * m},
 		{key: "files", pkg: "./test/e2e", bench: "FileWrite256MiB|FileRead256MiB", benchtime: "2x", timeout: 3 * m},
