@@ -20,22 +20,27 @@ import (
 
 // The snapshot lifecycle verbs. freeze, thaw and (agent-only) resume talk to
 // the agent; the VMM verbs need the VM's monitor: --qmp for QEMU. With
-// --supervisor/--sandbox the generation is journalled by the daemon;
+// --supervisor/--sandbox and no --qmp they are the daemon's lifecycle RPCs
+// (the daemon holds the monitor given by `sandbox add --qmp`; only then can
+// sleep wake on the next exec). With --supervisor/--sandbox and --qmp the
+// command line drives the VM and the daemon journals the generation;
 // otherwise it comes from --generation and is printed.
 
 func init() {
+	// --qmp may be left out with --supervisor/--sandbox: the daemon's VMM.
 	const tgt = "(--agent ADDR | --supervisor S --sandbox ID)"
 	register(&command{name: "freeze", usage: "[--cgroup DIR]... [--watchdog DUR] " + tgt,
 		summary: "quiesce the guest's filesystems for a snapshot (thaws by itself after the watchdog)", run: runFreeze})
 	register(&command{name: "thaw", usage: tgt, summary: "undo freeze", run: runThaw})
-	register(&command{name: "checkpoint", usage: "--qmp SOCK [--path FILE] [--cgroup DIR]... [--generation G] " + tgt,
+	register(&command{name: "checkpoint", usage: "[--qmp SOCK] [--path FILE] [--cgroup DIR]... [--generation G] " + tgt,
 		summary: "freeze, snapshot the VM (or pause/resume it when the VMM cannot snapshot), thaw, bump the generation", run: runCheckpoint})
-	register(&command{name: "restore", usage: "--qmp SOCK --path FILE [--generation G] " + tgt,
+	register(&command{name: "restore", usage: "[--qmp SOCK] --path FILE [--generation G] " + tgt,
 		summary: "restore the VM from a snapshot, resume the guest, mark later execs lost", run: runRestore})
-	register(&command{name: "fork", usage: "--qmp SOCK --path FILE [--generation G] --hostname H [--sandbox-id ID] " + tgt,
+	register(&command{name: "fork", usage: "[--qmp SOCK] --path FILE [--generation G] --hostname H [--sandbox-id ID] " + tgt,
 		summary: "restore a snapshot into a new VM with a new identity", run: runFork})
-	register(&command{name: "pause", usage: "--qmp SOCK", summary: "pause the VM's vCPUs", run: runPause})
-	register(&command{name: "sleep", usage: "--qmp SOCK", summary: "pause until the next exec or ingress (needs the daemon)", run: runSleep})
+	const daemonTgt = "(--qmp SOCK | --supervisor S --sandbox ID)"
+	register(&command{name: "pause", usage: daemonTgt, summary: "pause the VM's vCPUs", run: runPause})
+	register(&command{name: "sleep", usage: "--supervisor S --sandbox ID", summary: "pause until the next exec or ingress (the daemon wakes it; needs `sandbox add --qmp`)", run: runSleep})
 	register(&command{name: "resume", usage: "[--qmp SOCK] [--generation G] [--hostname H] [--sandbox-id ID] " + tgt,
 		summary: "resume a paused VM (--qmp) and bring the guest up to date: host time, fresh entropy, generation, identity", run: runResume})
 }
@@ -91,6 +96,28 @@ func (f *lifecycleFlags) parse(name string, args []string, with func(fs *flag.Fl
 }
 
 func (f *lifecycleFlags) withVMM(fs *flag.FlagSet) { f.vmm.register(fs) }
+
+// viaDaemon: the daemon runs the verb on the VM it holds (a supervisor's
+// sandbox and no --qmp of our own).
+func (f *lifecycleFlags) viaDaemon() bool { return f.viaSupervisor() && f.vmm.qmp == "" }
+
+// daemonCall runs one lifecycle RPC, once: a checkpoint or restore is not
+// repeated after a broken link (it could run twice).
+func (f *lifecycleFlags) daemonCall(ctx context.Context, call func(supervisorv1.SupervisorClient) error) error {
+	if f.sandbox == "" {
+		return invalid("--supervisor needs --sandbox ID")
+	}
+	sc, err := newSupervisorClient(f.supervisor)
+	if err != nil {
+		return err
+	}
+	defer sc.Close()
+	api, _, err := sc.get(ctx)
+	if err != nil {
+		return err
+	}
+	return call(api)
+}
 func (f *lifecycleFlags) withGeneration(fs *flag.FlagSet) {
 	fs.Uint64Var(&f.generation, "generation", 0, "checkpoint generation (without --supervisor: the current one; with: default the journalled one)")
 }
@@ -249,12 +276,35 @@ func runCheckpoint(ctx context.Context, stdio Stdio, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	if f.viaDaemon() {
+		var r *supervisorv1.CheckpointResponse
+		err := f.daemonCall(ctx, func(api supervisorv1.SupervisorClient) (err error) {
+			r, err = api.Checkpoint(ctx, &supervisorv1.CheckpointRequest{Sandbox: f.sandbox, Path: f.path, Cgroups: f.cgroups})
+			return err
+		})
+		if err != nil {
+			return fail(stdio, err)
+		}
+		printCheckpoint(stdio, &lifecycle.CheckpointReport{
+			Generation: r.Generation, Snapshot: r.Snapshot, Paused: r.Paused, Frozen: r.Frozen,
+			Freeze: time.Duration(r.FreezeNs), VMM: time.Duration(r.VmmNs), Thaw: time.Duration(r.ThawNs),
+		})
+		return 0
+	}
 	sb, _, cleanup, err := f.lifecycle(ctx, stdio, true)
 	defer cleanup()
 	if err != nil {
 		return fail(stdio, err)
 	}
 	rep, err := sb.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: f.path, Cgroups: f.cgroups})
+	printCheckpoint(stdio, rep)
+	if err != nil {
+		return fail(stdio, err)
+	}
+	return 0
+}
+
+func printCheckpoint(stdio Stdio, rep *lifecycle.CheckpointReport) {
 	if rep != nil {
 		fmt.Fprintf(stdio.Out, "checkpoint generation %d\n", rep.Generation)
 		if rep.Snapshot != "" {
@@ -265,10 +315,6 @@ func runCheckpoint(ctx context.Context, stdio Stdio, args []string) int {
 		fmt.Fprintf(stdio.Out, "frozen: %s; freeze %v, vmm %v, thaw %v\n", list(rep.Frozen),
 			rep.Freeze.Round(time.Microsecond), rep.VMM.Round(time.Microsecond), rep.Thaw.Round(time.Microsecond))
 	}
-	if err != nil {
-		return fail(stdio, err)
-	}
-	return 0
 }
 
 func runRestore(ctx context.Context, stdio Stdio, args []string) int {
@@ -296,6 +342,23 @@ func restoreOrFork(ctx context.Context, stdio Stdio, op string, args []string) i
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	if f.viaDaemon() {
+		var r *supervisorv1.RestoreResponse
+		err := f.daemonCall(ctx, func(api supervisorv1.SupervisorClient) (err error) {
+			req := &supervisorv1.RestoreRequest{Sandbox: f.sandbox, Path: f.path, Generation: f.generation, Identity: f.identity()}
+			if op == "fork" {
+				r, err = api.Fork(ctx, req)
+			} else {
+				r, err = api.Restore(ctx, req)
+			}
+			return err
+		})
+		if err != nil {
+			return fail(stdio, err)
+		}
+		printRestore(stdio, op, &lifecycle.RestoreReport{Generation: r.Generation, Lost: r.Lost, Resume: r.Resume})
+		return 0
+	}
 	sb, _, cleanup, err := f.lifecycle(ctx, stdio, true)
 	defer cleanup()
 	if err != nil {
@@ -308,38 +371,70 @@ func restoreOrFork(ctx context.Context, stdio Stdio, op string, args []string) i
 	} else {
 		rep, err = sb.Restore(ctx, o)
 	}
-	if rep != nil {
-		fmt.Fprintf(stdio.Out, "%s: generation %d\n", op, rep.Generation)
-		for _, id := range rep.Lost {
-			fmt.Fprintf(stdio.Out, "lost: %s (not replayed)\n", id)
-		}
-		printResume(stdio, rep.Resume)
-	}
+	printRestore(stdio, op, rep)
 	if err != nil {
 		return fail(stdio, err)
 	}
 	return 0
 }
 
+func printRestore(stdio Stdio, op string, rep *lifecycle.RestoreReport) {
+	if rep == nil {
+		return
+	}
+	fmt.Fprintf(stdio.Out, "%s: generation %d\n", op, rep.Generation)
+	for _, id := range rep.Lost {
+		fmt.Fprintf(stdio.Out, "lost: %s (not replayed)\n", id)
+	}
+	printResume(stdio, rep.Resume)
+}
+
 func runPause(ctx context.Context, stdio Stdio, args []string) int {
 	return vmmOnly(ctx, stdio, "pause", args, func(ctx context.Context, m vmm.VMM) error { return m.Pause(ctx) })
 }
 
+// runSleep is the daemon's Sleep: waking on the next exec or ingress needs
+// a process that sees them. A command line with only --qmp can only pause.
 func runSleep(ctx context.Context, stdio Stdio, args []string) int {
 	var f lifecycleFlags
 	if err := f.parse("sleep", args, f.withVMM); err != nil {
 		return fail(stdio, err)
 	}
-	// Waking on the next exec or ingress needs a process that sees them: the
-	// daemon. A command line can only pause.
-	return fail(stdio, status.Error(codes.FailedPrecondition,
-		"sleep: waking on the next exec or ingress needs the supervisor daemon to hold the VM's monitor; use pause and resume"))
+	if !f.viaDaemon() {
+		return fail(stdio, status.Error(codes.FailedPrecondition,
+			"sleep: waking on the next exec or ingress needs the supervisor daemon to hold the VM's monitor: `sandbox add --qmp SOCK`, then sleep --supervisor S --sandbox ID; or use pause and resume"))
+	}
+	return daemonState(ctx, stdio, &f, "sleep")
+}
+
+// daemonState runs the daemon's Pause or Sleep and prints the new state.
+func daemonState(ctx context.Context, stdio Stdio, f *lifecycleFlags, name string) int {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	var r *supervisorv1.LifecycleState
+	err := f.daemonCall(ctx, func(api supervisorv1.SupervisorClient) (err error) {
+		ref := &supervisorv1.SandboxRef{Id: f.sandbox}
+		if name == "sleep" {
+			r, err = api.Sleep(ctx, ref)
+		} else {
+			r, err = api.Pause(ctx, ref)
+		}
+		return err
+	})
+	if err != nil {
+		return fail(stdio, err)
+	}
+	fmt.Fprintf(stdio.Out, "%s: done (sandbox %s %s)\n", name, r.Sandbox, r.State)
+	return 0
 }
 
 func vmmOnly(ctx context.Context, stdio Stdio, name string, args []string, op func(context.Context, vmm.VMM) error) int {
 	var f lifecycleFlags
 	if err := f.parse(name, args, f.withVMM); err != nil {
 		return fail(stdio, err)
+	}
+	if f.viaDaemon() {
+		return daemonState(ctx, stdio, &f, name)
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -369,6 +464,19 @@ func runResume(ctx context.Context, stdio Stdio, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	if f.viaDaemon() && f.generation == 0 && f.identity() == nil {
+		var r *supervisorv1.ResumeResponse
+		err := f.daemonCall(ctx, func(api supervisorv1.SupervisorClient) (err error) {
+			r, err = api.Resume(ctx, &supervisorv1.SandboxRef{Id: f.sandbox})
+			return err
+		})
+		if err != nil {
+			return fail(stdio, err)
+		}
+		fmt.Fprintf(stdio.Out, "vm resumed (was %s)\n", r.Was)
+		printResume(stdio, r.Agent)
+		return 0
+	}
 	if f.vmm.qmp != "" {
 		m, closeM, err := f.vmm.dial(ctx)
 		defer closeM()

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
 	"github.com/sailbox/sailbox/protocol/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -18,7 +19,7 @@ import (
 func init() {
 	register(&command{
 		name:    "wait-listener",
-		usage:   "--agent ADDR --port N [--protocol http|tcp|ssh] [--timeout DUR]",
+		usage:   "(--agent ADDR | --supervisor S --sandbox ID) --port N [--protocol http|tcp|ssh] [--timeout DUR]",
 		summary: "wait until a port in the sandbox accepts connections (tcp), answers HTTP, or sends an SSH banner",
 		run:     runWaitListener,
 	})
@@ -66,13 +67,18 @@ func runWaitListener(ctx context.Context, stdio Stdio, args []string) int {
 	if timeout == 0 {
 		timeout = defaultListenerTimeout
 	}
-	if t.agent == "" {
-		return fail(stdio, invalid("no target: give --agent ADDR"))
+	var resp *agentv1.WaitListenerResponse
+	switch {
+	case t.viaSupervisor():
+		resp, err = waitListenerViaSupervisor(ctx, &t, uint32(*port), proto, timeout)
+	case t.agent == "":
+		return fail(stdio, invalid("no target: give --agent ADDR (or --supervisor S --sandbox ID)"))
+	default:
+		if _, err := transport.Parse(t.agent); err != nil {
+			return fail(stdio, invalid("--agent: %v", err))
+		}
+		resp, err = waitListener(ctx, t.agent, uint32(*port), proto, timeout)
 	}
-	if _, err := transport.Parse(t.agent); err != nil {
-		return fail(stdio, invalid("--agent: %v", err))
-	}
-	resp, err := waitListener(ctx, t.agent, uint32(*port), proto, timeout)
 	if err != nil {
 		return fail(stdio, err)
 	}
@@ -105,4 +111,29 @@ func waitListener(ctx context.Context, addr string, port uint32, proto agentv1.L
 			return resp, err
 		}
 	}
+}
+
+// waitListenerViaSupervisor is the daemon's WaitListener pass-through: it
+// wakes a sleeping sandbox and redials the agent itself; this side redials
+// a daemon that restarts (waiting has no side effect).
+func waitListenerViaSupervisor(ctx context.Context, t *target, port uint32, proto agentv1.ListenerProtocol, timeout time.Duration) (*agentv1.WaitListenerResponse, error) {
+	if t.sandbox == "" {
+		return nil, invalid("--supervisor needs --sandbox ID")
+	}
+	sc, err := newSupervisorClient(t.supervisor)
+	if err != nil {
+		return nil, err
+	}
+	defer sc.Close()
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline.Add(listenerCallGrace))
+	defer cancel()
+	var resp *agentv1.WaitListenerResponse
+	err = sc.call(ctx, func(api supervisorv1.SupervisorClient) (err error) {
+		resp, err = api.WaitListener(ctx, &supervisorv1.WaitListenerRequest{Sandbox: t.sandbox, Request: &agentv1.WaitListenerRequest{
+			Port: port, Protocol: proto, TimeoutMs: max(time.Until(deadline).Milliseconds(), 1),
+		}})
+		return err
+	})
+	return resp, err
 }

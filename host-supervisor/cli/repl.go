@@ -12,7 +12,7 @@ import (
 func init() {
 	register(&command{
 		name:    "repl",
-		usage:   "--agent ADDR [--history FILE]",
+		usage:   "(--agent ADDR | --supervisor S --sandbox ID) [--history FILE]",
 		summary: "interactive debugging shell on an agent (not a terminal: runs the commands on stdin, stops at the first failure)",
 		run:     runREPL,
 	})
@@ -30,10 +30,17 @@ func runREPL(ctx context.Context, stdio Stdio, args []string) int {
 	if len(pos) > 0 {
 		return fail(stdio, invalid("repl: unexpected arguments %q", pos))
 	}
-	if t.agent == "" {
-		return fail(stdio, invalid("no target: give --agent ADDR"))
+	addr := t.agent
+	if t.viaSupervisor() {
+		// The REPL talks to the agent at the address the daemon has
+		// registered (like freeze and thaw): its execs are not journalled.
+		if addr, err = supervisorAgentAddr(ctx, &t); err != nil {
+			return fail(stdio, err)
+		}
+	} else if addr == "" {
+		return fail(stdio, invalid("no target: give --agent ADDR (or --supervisor S --sandbox ID)"))
 	}
-	b, err := repl.DialAgent(t.agent)
+	b, err := repl.DialAgent(addr)
 	if err != nil {
 		return fail(stdio, err)
 	}
@@ -46,6 +53,6 @@ func runREPL(ctx context.Context, stdio Stdio, args []string) int {
 	}
 	return repl.Run(ctx, repl.Config{
 		Backend: b, In: stdio.In, Out: stdio.Out, Err: stdio.Err, HistoryFile: *hist,
-		Banner: fmt.Sprintf("sailbox repl: agent %s (version %s, host %s). Type help; Ctrl-D leaves.", t.agent, info.Version, info.Hostname),
+		Banner: fmt.Sprintf("sailbox repl: agent %s (version %s, host %s). Type help; Ctrl-D leaves.", addr, info.Version, info.Hostname),
 	})
 }

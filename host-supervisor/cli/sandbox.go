@@ -16,7 +16,7 @@ import (
 func init() {
 	register(&command{
 		name: "sandbox",
-		usage: "add --id ID --agent ADDR [--label K=V]... | list | rm --id ID | checkpointed --id ID --generation G |\n" +
+		usage: "add --id ID --agent ADDR [--qmp SOCK] [--label K=V]... | list | rm --id ID | checkpointed --id ID --generation G |\n" +
 			"                   restore --id ID --generation G | execs [--id ID]   (all with --supervisor unix:///path)",
 		summary: "register, list and remove the supervisor's sandboxes; record checkpoints and restores; list the exec journal",
 		run:     runSandbox,
@@ -28,6 +28,7 @@ type sandboxFlags struct {
 	id         string
 	labels     stringList
 	generation uint64
+	qmp        string
 }
 
 func runSandbox(ctx context.Context, stdio Stdio, args []string) int {
@@ -42,6 +43,7 @@ func runSandbox(ctx context.Context, stdio Stdio, args []string) int {
 	fs.StringVar(&f.id, "id", "", "sandbox id")
 	fs.Var(&f.labels, "label", "KEY=VALUE label (repeatable)")
 	fs.Uint64Var(&f.generation, "generation", 0, "checkpoint generation")
+	fs.StringVar(&f.qmp, "qmp", "", "add: the VM's QMP unix socket; the daemon holds the monitor and serves checkpoint, restore, fork, pause, sleep and resume")
 	pos, err := parseFlags(fs, args[1:])
 	if err != nil {
 		return fail(stdio, err)
@@ -84,7 +86,7 @@ func runSandbox(ctx context.Context, stdio Stdio, args []string) int {
 		}
 		var sb *supervisorv1.Sandbox
 		err = sc.call(ctx, func(api supervisorv1.SupervisorClient) (err error) {
-			sb, err = api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: f.id, Agent: t.agent, Labels: labels})
+			sb, err = api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: f.id, Agent: t.agent, Labels: labels, Qmp: strings.TrimPrefix(f.qmp, "unix://")})
 			return err
 		})
 		if err == nil {
@@ -148,7 +150,7 @@ func runSandbox(ctx context.Context, stdio Stdio, args []string) int {
 }
 
 func printSandboxes(w io.Writer, sbs []*supervisorv1.Sandbox) {
-	fmt.Fprintf(w, "%-20s %-10s %4s %-40s %s\n", "ID", "AGENT", "GEN", "ADDRESS", "LABELS")
+	fmt.Fprintf(w, "%-20s %-10s %4s %-40s %-8s %s\n", "ID", "AGENT", "GEN", "ADDRESS", "VM", "LABELS")
 	for _, sb := range sbs {
 		state := "down"
 		if sb.Connected {
@@ -159,7 +161,11 @@ func printSandboxes(w io.Writer, sbs []*supervisorv1.Sandbox) {
 			labels = append(labels, k+"="+v)
 		}
 		sort.Strings(labels)
-		fmt.Fprintf(w, "%-20s %-10s %4d %-40s %s\n", sb.Id, state, sb.Generation, sb.Agent, strings.Join(labels, ","))
+		vm := sb.State // empty: no VMM attached
+		if vm == "" {
+			vm = "-"
+		}
+		fmt.Fprintf(w, "%-20s %-10s %4d %-40s %-8s %s\n", sb.Id, state, sb.Generation, sb.Agent, vm, strings.Join(labels, ","))
 	}
 }
 

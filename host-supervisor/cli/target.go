@@ -76,14 +76,7 @@ func (t *target) agentClient() (*agentclient.Client, error) {
 		if t.sandbox == "" {
 			return nil, invalid("--supervisor needs --sandbox ID")
 		}
-		sc, err := newSupervisorClient(t.supervisor)
-		if err != nil {
-			return nil, err
-		}
-		defer sc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), supervisorReconnect)
-		defer cancel()
-		addr, err := sc.agentAddr(ctx, t.sandbox)
+		addr, err := supervisorAgentAddr(context.Background(), t)
 		if err != nil {
 			return nil, err
 		}
@@ -93,6 +86,22 @@ func (t *target) agentClient() (*agentclient.Client, error) {
 		return nil, invalid("no target: give --agent ADDR (or --supervisor S --sandbox ID)")
 	}
 	return agentclient.New(t.agent, agentclient.Options{})
+}
+
+// supervisorAgentAddr asks the daemon for the agent address of the
+// target's sandbox.
+func supervisorAgentAddr(ctx context.Context, t *target) (string, error) {
+	if t.sandbox == "" {
+		return "", invalid("--supervisor needs --sandbox ID")
+	}
+	sc, err := newSupervisorClient(t.supervisor)
+	if err != nil {
+		return "", err
+	}
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(ctx, supervisorReconnect)
+	defer cancel()
+	return sc.agentAddr(ctx, t.sandbox)
 }
 
 // execer returns the backend that runs execs for this target: the daemon
