@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sailbox/sailbox/host-supervisor/vmm"
@@ -76,8 +77,10 @@ type Sandbox struct {
 	cfg Config
 	log *slog.Logger
 
-	mu    sync.Mutex
-	state State
+	mu sync.Mutex // serializes the operations
+	// state is written under mu but read without it: State is called from
+	// within operations (the daemon's journal lists sandboxes with their state).
+	state atomic.Int32
 }
 
 // New returns the lifecycle of a running sandbox.
@@ -95,11 +98,7 @@ func New(cfg Config) *Sandbox {
 func (s *Sandbox) ID() string { return s.cfg.ID }
 
 // State is the current run state.
-func (s *Sandbox) State() State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.state
-}
+func (s *Sandbox) State() State { return State(s.state.Load()) }
 
 // CheckpointOptions configure Checkpoint.
 type CheckpointOptions struct {
@@ -309,7 +308,7 @@ func (s *Sandbox) restoreLocked(ctx context.Context, op string, o RestoreOptions
 	if err := s.cfg.VMM.Restore(ctx, o.Path); err != nil {
 		return nil, wrap(err, "sandbox %s: %s", s.cfg.ID, op)
 	}
-	s.state = Running
+	s.state.Store(int32(Running))
 	rep := &RestoreReport{Generation: gen}
 	// Reconnect: the restored guest knows none of the old vsock links, so
 	// drop ours now rather than wait for it to fail; the client redials.
@@ -356,7 +355,7 @@ func (s *Sandbox) Pause(ctx context.Context) error {
 	if err := s.cfg.VMM.Pause(ctx); err != nil {
 		return wrap(err, "sandbox %s: pause", s.cfg.ID)
 	}
-	s.state = Paused
+	s.state.Store(int32(Paused))
 	s.log.Info("paused")
 	return nil
 }
@@ -365,13 +364,13 @@ func (s *Sandbox) Pause(ctx context.Context) error {
 func (s *Sandbox) Sleep(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.state == Paused {
+	if s.State() == Paused {
 		return status.Errorf(codes.FailedPrecondition, "sandbox %s: sleep: the sandbox is paused; resume it first", s.cfg.ID)
 	}
 	if err := s.cfg.VMM.Pause(ctx); err != nil {
 		return wrap(err, "sandbox %s: sleep", s.cfg.ID)
 	}
-	s.state = Asleep
+	s.state.Store(int32(Asleep))
 	s.log.Info("asleep")
 	return nil
 }
@@ -390,7 +389,7 @@ type ResumeReport struct {
 func (s *Sandbox) Resume(ctx context.Context) (*ResumeReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rep := &ResumeReport{Was: s.state}
+	rep := &ResumeReport{Was: s.State()}
 	resp, err := s.resumeLocked(ctx)
 	rep.Agent = resp
 	return rep, err
@@ -400,7 +399,7 @@ func (s *Sandbox) resumeLocked(ctx context.Context) (*agentv1.ResumeResponse, er
 	if err := s.cfg.VMM.Resume(ctx); err != nil {
 		return nil, wrap(err, "sandbox %s: resume", s.cfg.ID)
 	}
-	s.state = Running
+	s.state.Store(int32(Running))
 	gen, err := s.cfg.Journal.Generation(s.cfg.ID)
 	if err != nil {
 		return nil, wrap(err, "sandbox %s: resume: journal", s.cfg.ID)
@@ -425,14 +424,14 @@ func (s *Sandbox) Wake(ctx context.Context) error {
 }
 
 func (s *Sandbox) awakeLocked(ctx context.Context, op string) error {
-	switch s.state {
+	switch s.State() {
 	case Running:
 		return nil
 	case Paused:
 		return status.Errorf(codes.FailedPrecondition, "sandbox %s: %s: the sandbox is paused; resume it first", s.cfg.ID, op)
 	}
 	if _, err := s.resumeLocked(ctx); err != nil {
-		if s.state != Running {
+		if s.State() != Running {
 			return err
 		}
 		s.log.Warn("woke, but the guest's clock update failed", "err", err)
