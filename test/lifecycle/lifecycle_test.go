@@ -166,8 +166,9 @@ func TestCheckpointSnapshotResetsConnectionsMidStream(t *testing.T) {
 	if rep.Generation != 1 || rep.Snapshot != path || rep.Paused {
 		t.Fatalf("report %+v", rep)
 	}
-	// Both clients' connections (lifecycle and streamer) were cut at once.
-	if resets, cut := r.proxy.stats(); resets != 1 || cut != 2 {
+	// Both clients' connections (lifecycle and streamer) were cut at once
+	// (the streamer's output may run on a data connection of its own: >= 2).
+	if resets, cut := r.proxy.stats(); resets != 1 || cut < 2 {
 		t.Fatalf("proxy resets %d, connections cut %d: the reset did not hit both clients", resets, cut)
 	}
 	x := <-done
