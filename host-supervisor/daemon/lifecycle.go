@@ -33,35 +33,55 @@ type attachedVMM struct {
 	close func() error
 }
 
-// AttachVMM gives a registered sandbox a VMM (its monitor at qmp): the
-// lifecycle verbs then work on it, and a sleeping VM is woken by the next
-// call that reaches its agent. Attaching the same qmp again keeps the
-// current lifecycle (and its run state); another qmp replaces it.
-func (d *Daemon) AttachVMM(ctx context.Context, id, qmp string) error {
-	sb, err := d.reg.Get(id)
-	if err != nil {
-		return err
+// AddSandboxVMM registers a sandbox (AddSandbox) with its VM's monitor at
+// qmp: the lifecycle verbs then work on it, and a sleeping VM is woken by
+// the next call that reaches its agent. The monitor is connected first: a
+// monitor that cannot be reached registers nothing (FailedPrecondition).
+// Adding again with the same qmp keeps the current lifecycle (and its run
+// state); another qmp replaces it; an empty one leaves it as it is.
+func (d *Daemon) AddSandboxVMM(ctx context.Context, id, agent string, labels map[string]string, qmp string) (*supervisorv1.Sandbox, error) {
+	if qmp == "" {
+		p, err := d.AddSandbox(id, agent, labels)
+		if err == nil {
+			p.State = d.runState(id)
+		}
+		return p, err
 	}
 	d.vmmMu.Lock()
 	defer d.vmmMu.Unlock()
-	if old, ok := d.vmms[id]; ok && old.qmp == qmp {
-		if _, err := d.lc.Get(id); err == nil {
-			return nil
+	var m vmm.VMM
+	var closeM func() error
+	if old, ok := d.vmms[id]; !ok || old.qmp != qmp {
+		dctx, cancel := context.WithTimeout(ctx, vmmDialTimeout)
+		var err error
+		m, closeM, err = d.cfg.DialVMM(dctx, id, qmp)
+		cancel()
+		if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "sandbox %s: vmm at %s: %s", id, qmp, status.Convert(err).Message())
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, vmmDialTimeout)
-	defer cancel()
-	m, closeM, err := d.cfg.DialVMM(dctx, id, qmp)
+	p, err := d.AddSandbox(id, agent, labels)
 	if err != nil {
-		return status.Errorf(status.Code(err), "sandbox %s: vmm at %s: %s", id, qmp, status.Convert(err).Message())
+		if closeM != nil {
+			closeM()
+		}
+		return nil, err
 	}
-	d.detachLocked(id)
-	d.vmms[id] = attachedVMM{qmp: qmp, close: closeM}
-	d.lc.Add(lifecycle.New(lifecycle.Config{
-		ID: id, Agent: sb.Client, VMM: m, Journal: lifecycle.DaemonJournal{D: d}, Logger: d.log,
-	}))
-	d.log.Info("vmm attached", "sandbox", id, "qmp", qmp, "capabilities", m.Capabilities().String())
-	return nil
+	if m != nil {
+		sb, err := d.reg.Get(id)
+		if err != nil {
+			closeM()
+			return nil, err
+		}
+		d.detachLocked(id)
+		d.vmms[id] = attachedVMM{qmp: qmp, close: closeM}
+		d.lc.Add(lifecycle.New(lifecycle.Config{
+			ID: id, Agent: sb.Client, VMM: m, Journal: lifecycle.DaemonJournal{D: d}, Logger: d.log,
+		}))
+		d.log.Info("vmm attached", "sandbox", id, "qmp", qmp, "capabilities", m.Capabilities().String())
+	}
+	p.State = d.runState(id)
+	return p, nil
 }
 
 // detachLocked forgets a sandbox's VMM and closes its monitor connection.

@@ -20,18 +20,7 @@ type Service struct {
 var _ supervisorv1.SupervisorService = (*Service)(nil)
 
 func (s *Service) AddSandbox(ctx context.Context, req *supervisorv1.AddSandboxRequest) (*supervisorv1.Sandbox, error) {
-	sb, err := s.D.AddSandbox(req.Id, req.Agent, req.Labels)
-	if err != nil {
-		return nil, err
-	}
-	if req.Qmp != "" {
-		// The sandbox stays registered when its monitor is unreachable.
-		if err := s.D.AttachVMM(ctx, req.Id, req.Qmp); err != nil {
-			return nil, err
-		}
-	}
-	sb.State = s.D.runState(req.Id)
-	return sb, nil
+	return s.D.AddSandboxVMM(ctx, req.Id, req.Agent, req.Labels, req.Qmp)
 }
 
 func (s *Service) RemoveSandbox(ctx context.Context, req *supervisorv1.SandboxRef) (*supervisorv1.RemoveSandboxResponse, error) {

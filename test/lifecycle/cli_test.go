@@ -152,3 +152,71 @@ func lastLine(s string) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return l[len(l)-1]
 }
+
+// vmState is the VM column of `sandbox list` for sandbox id.
+func vmState(t *testing.T, api, id string) string {
+	t.Helper()
+	r := cli(t, "sandbox", "list", "--supervisor", api)
+	r.want(t, 0)
+	for _, l := range strings.Split(r.out, "\n") {
+		if f := strings.Fields(l); len(f) >= 5 && f[0] == id {
+			return f[4]
+		}
+	}
+	t.Fatalf("sandbox %s not listed:\n%s", id, r.out)
+	return ""
+}
+
+// The daemon holds the VM's monitor (`sandbox add --qmp`): the lifecycle
+// verbs with --supervisor/--sandbox and no --qmp are its RPCs; sleep works
+// and the next exec or wait-listener wakes the VM; pause refuses execs
+// until resume.
+func TestCLILifecycleDaemonHoldsVMM(t *testing.T) {
+	a := startAgent(t)
+	qmp := emptyQEMU(t)
+	api := startServe(t)
+	cli(t, "sandbox", "add", "--supervisor", api, "--id", "sb", "--agent", a.addr, "--qmp", qmp).want(t, 0, "running")
+	cli(t, "sandbox", "add", "--supervisor", api, "--id", "plain", "--agent", a.addr).want(t, 0)
+	cli(t, "sandbox", "add", "--supervisor", api, "--id", "bad", "--agent", a.addr, "--qmp", filepath.Join(t.TempDir(), "none.sock")).want(t, 125,
+		"error: FailedPrecondition: sandbox bad: vmm at")
+	via := []string{"--supervisor", api, "--sandbox", "sb"}
+	// The target right after the verb (exec's command follows --).
+	run := func(verb string, args ...string) cliResult {
+		return cli(t, append(append([]string{verb}, via...), args...)...)
+	}
+
+	run("checkpoint").want(t, 0, "checkpoint generation 1", "no snapshot file: the VMM cannot snapshot")
+	run("checkpoint").want(t, 0, "checkpoint generation 2")
+
+	run("sleep").want(t, 0, "sleep: done (sandbox sb asleep)")
+	if s := vmState(t, api, "sb"); s != "asleep" {
+		t.Fatalf("VM %q after sleep", s)
+	}
+	r := run("exec", "--", "echo woke")
+	if r.code != 0 || r.out != "woke\n" {
+		t.Fatalf("exec on a sleeping sandbox: %+v", r)
+	}
+	if s := vmState(t, api, "sb"); s != "running" {
+		t.Fatalf("VM %q after an exec woke it", s)
+	}
+	// wait-listener goes through the daemon, which wakes the VM.
+	run("sleep").want(t, 0, "asleep")
+	run("wait-listener", "--port", "1", "--timeout", "200ms").want(t, 125, "error: DeadlineExceeded: ")
+	if s := vmState(t, api, "sb"); s != "running" {
+		t.Fatalf("VM %q after wait-listener", s)
+	}
+
+	run("pause").want(t, 0, "pause: done (sandbox sb paused)")
+	run("exec", "--", "true").want(t, 125, "error: FailedPrecondition: sandbox sb: wake: the sandbox is paused")
+	run("sleep").want(t, 125, "error: FailedPrecondition: sandbox sb: sleep: the sandbox is paused")
+	run("resume").want(t, 0, "vm resumed (was paused)", "guest: generation 2")
+	run("restore", "--path", "/x").want(t, 125, "error: Unimplemented: vmm qemu")
+	run("fork", "--path", "/x", "--hostname", "f").want(t, 125, "error: Unimplemented: vmm qemu")
+
+	// A sandbox without a VMM: the verbs say what is missing.
+	cli(t, "sleep", "--supervisor", api, "--sandbox", "plain").want(t, 125, "error: FailedPrecondition: sandbox plain: no VMM attached")
+	cli(t, "sleep", "--supervisor", api).want(t, 125, "error: InvalidArgument: --supervisor needs --sandbox")
+	if s := vmState(t, api, "plain"); s != "-" {
+		t.Fatalf("VM column of a sandbox without a VMM: %q", s)
+	}
+}

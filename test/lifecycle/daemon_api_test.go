@@ -105,9 +105,12 @@ func TestDaemonLifecycleAPI(t *testing.T) {
 	if sb, err := api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: "plain", Agent: a.addr}); err != nil || sb.State != "" {
 		t.Fatalf("add without a VMM: %+v %v", sb, err)
 	}
-	if _, err := api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: "bad", Agent: a.addr, Qmp: "/nonexistent.qmp"}); status.Code(err) != codes.Unavailable ||
+	if _, err := api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: "bad", Agent: a.addr, Qmp: "/nonexistent.qmp"}); status.Code(err) != codes.FailedPrecondition ||
 		!strings.Contains(err.Error(), "sandbox bad: vmm at /nonexistent.qmp") {
 		t.Fatalf("add with an unreachable monitor: %v", err)
+	}
+	if resp, _ := api.ListSandboxes(ctx, &supervisorv1.ListSandboxesRequest{}); len(resp.GetSandboxes()) != 2 {
+		t.Fatalf("a sandbox whose monitor is unreachable was registered: %v", resp)
 	}
 	start := func(id, cmd string) error {
 		_, err := api.StartExec(ctx, &supervisorv1.StartExecRequest{Sandbox: "sb", Request: &agentv1.StartRequest{Id: id, Command: cmd}})
