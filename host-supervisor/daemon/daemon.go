@@ -125,6 +125,10 @@ func Open(cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.loadVMMs(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.wg.Add(2)
 	go d.flusher()
 	go d.retention()

@@ -49,9 +49,12 @@ func (d *Daemon) RemoveSandbox(id string) error {
 		return err
 	}
 	d.vmmMu.Lock()
+	defer d.vmmMu.Unlock()
+	if _, ok := d.vmms[id]; !ok {
+		return nil
+	}
 	d.detachLocked(id)
-	d.vmmMu.Unlock()
-	return nil
+	return d.saveVMMsLocked()
 }
 
 // ListSandboxes lists the registered sandboxes.

@@ -2,9 +2,16 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/sailbox/sailbox/host-supervisor/lifecycle"
+	"github.com/sailbox/sailbox/host-supervisor/sandbox"
 	"github.com/sailbox/sailbox/host-supervisor/vmm"
 	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
 	"google.golang.org/grpc/codes"
@@ -73,15 +80,135 @@ func (d *Daemon) AddSandboxVMM(ctx context.Context, id, agent string, labels map
 			closeM()
 			return nil, err
 		}
-		d.detachLocked(id)
-		d.vmms[id] = attachedVMM{qmp: qmp, close: closeM}
-		d.lc.Add(lifecycle.New(lifecycle.Config{
-			ID: id, Agent: sb.Client, VMM: m, Journal: lifecycle.DaemonJournal{D: d}, Logger: d.log,
-		}))
-		d.log.Info("vmm attached", "sandbox", id, "qmp", qmp, "capabilities", m.Capabilities().String())
+		d.attachLocked(sb, qmp, m, closeM, lifecycle.Running)
+		if err := d.saveVMMsLocked(); err != nil {
+			return nil, err
+		}
 	}
 	p.State = d.runState(id)
 	return p, nil
+}
+
+// attachLocked makes m the VMM of sandbox sb, in run state st.
+func (d *Daemon) attachLocked(sb *sandbox.Sandbox, qmp string, m vmm.VMM, closeM func() error, st lifecycle.State) {
+	d.detachLocked(sb.ID)
+	d.vmms[sb.ID] = attachedVMM{qmp: qmp, close: closeM}
+	d.lc.Add(lifecycle.New(lifecycle.Config{
+		ID: sb.ID, Agent: sb.Client, VMM: m, Journal: lifecycle.DaemonJournal{D: d}, State: st, Logger: d.log,
+	}))
+	d.log.Info("vmm attached", "sandbox", sb.ID, "qmp", qmp, "state", st.String(), "capabilities", m.Capabilities().String())
+}
+
+// vmmsFile journals which sandbox has which monitor and its run state, so
+// a restarted daemon re-attaches them: a sleeping VM must still wake on the
+// next exec, a paused one still refuse it.
+const vmmsFile = "vmms.json"
+
+type vmmEntry struct {
+	QMP   string `json:"qmp"`
+	State string `json:"state"`
+}
+
+// saveVMMsLocked writes the monitors and run states (temp file, fsync,
+// rename: a crash leaves the old or the new file).
+func (d *Daemon) saveVMMsLocked() error {
+	m := map[string]vmmEntry{}
+	for id, a := range d.vmms {
+		m[id] = vmmEntry{QMP: a.qmp, State: d.runState(id)}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(d.cfg.StateDir, vmmsFile)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return status.Errorf(codes.Internal, "vmm journal %s: %v", tmp, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return status.Errorf(codes.Internal, "vmm journal %s: %v", path, err)
+	}
+	return nil
+}
+
+// saveVMMs journals the run states after a lifecycle operation; a failure
+// is logged (the operation itself happened).
+func (d *Daemon) saveVMMs() {
+	d.vmmMu.Lock()
+	defer d.vmmMu.Unlock()
+	if err := d.saveVMMsLocked(); err != nil {
+		d.log.Error("journalling vmm states", "err", err)
+	}
+}
+
+// loadVMMs re-attaches the journalled monitors of registered sandboxes,
+// all at once (each dial bounded by vmmDialTimeout). A monitor that cannot
+// be reached is logged and dropped: that sandbox has no VMM until it is
+// added again with its qmp.
+func (d *Daemon) loadVMMs() error {
+	b, err := os.ReadFile(filepath.Join(d.cfg.StateDir, vmmsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var m map[string]vmmEntry
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("vmm journal %s: %w", vmmsFile, err)
+	}
+	type dialed struct {
+		sb     *sandbox.Sandbox
+		e      vmmEntry
+		v      vmm.VMM
+		closeV func() error
+	}
+	var wg sync.WaitGroup
+	got := make(chan dialed, len(m))
+	for id, e := range m {
+		sb, err := d.reg.Get(id)
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(d.ctx, vmmDialTimeout)
+			defer cancel()
+			v, closeV, err := d.cfg.DialVMM(ctx, id, e.QMP)
+			if err != nil {
+				d.log.Error("vmm not re-attached", "sandbox", id, "qmp", e.QMP, "state", e.State, "err", err)
+				return
+			}
+			got <- dialed{sb, e, v, closeV}
+		}()
+	}
+	wg.Wait()
+	close(got)
+	d.vmmMu.Lock()
+	defer d.vmmMu.Unlock()
+	for x := range got {
+		st := lifecycle.Running
+		switch x.e.State {
+		case lifecycle.Paused.String():
+			st = lifecycle.Paused
+		case lifecycle.Asleep.String():
+			st = lifecycle.Asleep
+		}
+		d.attachLocked(x.sb, x.e.QMP, x.v, x.closeV, st)
+	}
+	return d.saveVMMsLocked()
 }
 
 // detachLocked forgets a sandbox's VMM and closes its monitor connection.
@@ -98,14 +225,24 @@ func (d *Daemon) detachLocked(id string) {
 func (d *Daemon) detachAll() {
 	d.vmmMu.Lock()
 	defer d.vmmMu.Unlock()
-	for id := range d.vmms {
-		d.detachLocked(id)
+	for id, a := range d.vmms {
+		// The journal stays: the next Open re-attaches.
+		d.lc.Remove(id)
+		delete(d.vmms, id)
+		if a.close != nil {
+			a.close()
+		}
 	}
 }
 
 // wake wakes a sleeping sandbox before a call is forwarded to its agent.
 func (d *Daemon) wake(ctx context.Context, sandbox string) error {
-	return d.lc.Wake(ctx, sandbox)
+	asleep := d.runState(sandbox) == lifecycle.Asleep.String()
+	err := d.lc.Wake(ctx, sandbox)
+	if asleep {
+		d.saveVMMs()
+	}
+	return err
 }
 
 // lifecycleOf returns a sandbox's lifecycle: NotFound for an unknown
@@ -137,6 +274,7 @@ func (d *Daemon) Checkpoint(ctx context.Context, req *supervisorv1.CheckpointReq
 		return nil, err
 	}
 	rep, err := s.Checkpoint(ctx, lifecycle.CheckpointOptions{Path: req.Path, Cgroups: req.Cgroups})
+	d.saveVMMs() // a checkpoint wakes a sleeping sandbox
 	if err != nil {
 		// A report with an error (taken, but the thaw failed): the message names the generation.
 		return nil, err
@@ -173,6 +311,7 @@ func (d *Daemon) restore(ctx context.Context, req *supervisorv1.RestoreRequest, 
 		}
 		rep, err = s.Restore(ctx, o)
 	}
+	d.saveVMMs() // running again, whatever else failed
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +327,7 @@ func (d *Daemon) Pause(ctx context.Context, id string) (*supervisorv1.LifecycleS
 	if err := s.Pause(ctx); err != nil {
 		return nil, err
 	}
+	d.saveVMMs()
 	return &supervisorv1.LifecycleState{Sandbox: id, State: s.State().String()}, nil
 }
 
@@ -200,6 +340,7 @@ func (d *Daemon) Sleep(ctx context.Context, id string) (*supervisorv1.LifecycleS
 	if err := s.Sleep(ctx); err != nil {
 		return nil, err
 	}
+	d.saveVMMs()
 	return &supervisorv1.LifecycleState{Sandbox: id, State: s.State().String()}, nil
 }
 
@@ -210,6 +351,7 @@ func (d *Daemon) Resume(ctx context.Context, id string) (*supervisorv1.ResumeRes
 		return nil, err
 	}
 	rep, err := s.Resume(ctx)
+	d.saveVMMs()
 	if err != nil {
 		return nil, err
 	}

@@ -63,6 +63,9 @@ type Config struct {
 	Agent   agentv1.SnapshotService // a reconnecting client (agentclient.Client)
 	VMM     vmm.VMM
 	Journal Journal
+	// State is the run state the VM is in now (default Running): a daemon
+	// that restarts re-attaches a sleeping or paused VM as such.
+	State State
 	// ThawTimeout bounds the thaw (and the VMM resume) done after a failed
 	// or cancelled checkpoint (default 30s).
 	ThawTimeout time.Duration
@@ -83,7 +86,7 @@ type Sandbox struct {
 	state atomic.Int32
 }
 
-// New returns the lifecycle of a running sandbox.
+// New returns the lifecycle of a sandbox in run state cfg.State.
 func New(cfg Config) *Sandbox {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -91,7 +94,9 @@ func New(cfg Config) *Sandbox {
 	if cfg.ThawTimeout <= 0 {
 		cfg.ThawTimeout = 30 * time.Second
 	}
-	return &Sandbox{cfg: cfg, log: cfg.Logger.With("sandbox", cfg.ID)}
+	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("sandbox", cfg.ID)}
+	s.state.Store(int32(cfg.State))
+	return s
 }
 
 // ID is the sandbox id.

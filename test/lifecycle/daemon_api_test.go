@@ -46,8 +46,14 @@ func (v *stoppingVMM) Resume(ctx context.Context) error {
 // apiDaemon runs the daemon with the fake VMM behind the monitor name
 // "fake.qmp" and serves its control API on a unix socket.
 func apiDaemon(t *testing.T, v vmm.VMM, closed *atomic.Int32) supervisorv1.SupervisorClient {
+	api, _ := apiDaemonAt(t, t.TempDir(), v, closed)
+	return api
+}
+
+// apiDaemonAt runs the daemon on stateDir; stop closes it (idempotent).
+func apiDaemonAt(t *testing.T, stateDir string, v vmm.VMM, closed *atomic.Int32) (supervisorv1.SupervisorClient, func()) {
 	t.Helper()
-	d, err := daemon.Open(daemon.Config{StateDir: t.TempDir(), DialVMM: func(ctx context.Context, id, qmp string) (vmm.VMM, func() error, error) {
+	d, err := daemon.Open(daemon.Config{StateDir: stateDir, DialVMM: func(ctx context.Context, id, qmp string) (vmm.VMM, func() error, error) {
 		if qmp != "fake.qmp" {
 			return nil, nil, status.Errorf(codes.Unavailable, "no monitor at %s", qmp)
 		}
@@ -64,14 +70,16 @@ func apiDaemon(t *testing.T, v vmm.VMM, closed *atomic.Int32) supervisorv1.Super
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() { d.Serve(ctx, l); close(served) }()
-	t.Cleanup(func() { cancel(); <-served; d.Close() })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-served; d.Close() }) }
+	t.Cleanup(stop)
 	nc, err := transport.Dial(ctxT(t), api)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc := ttrpc.NewClient(nc)
 	t.Cleanup(func() { tc.Close() })
-	return supervisorv1.NewSupervisorClient(tc)
+	return supervisorv1.NewSupervisorClient(tc), stop
 }
 
 func count(xs []string, x string) int {
@@ -262,5 +270,69 @@ func TestDaemonLifecycleAPI(t *testing.T) {
 	}
 	if _, err := api.RemoveSandbox(ctx, &supervisorv1.SandboxRef{Id: "sb"}); err != nil || closed.Load() != 1 {
 		t.Fatalf("remove: %v (monitor closed %d times)", err, closed.Load())
+	}
+}
+
+// A restarted daemon re-attaches the journalled monitors in their run
+// state: a sandbox that slept still wakes on the next exec (exactly once),
+// a paused one still refuses execs until resumed.
+func TestDaemonRestartKeepsVMMState(t *testing.T) {
+	a := startAgentHooks(t, false)
+	v := &stoppingVMM{fakeVMM: &fakeVMM{ev: a.ev}, pgid: a.cmd.Process.Pid}
+	t.Cleanup(func() { syscall.Kill(-v.pgid, syscall.SIGCONT) })
+	var closed atomic.Int32
+	dir := t.TempDir()
+	ctx := ctxT(t)
+	api, stop := apiDaemonAt(t, dir, v, &closed)
+	for _, id := range []string{"sleeper", "pauser"} {
+		if _, err := api.AddSandbox(ctx, &supervisorv1.AddSandboxRequest{Id: id, Agent: a.addr, Qmp: "fake.qmp"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := api.Sleep(ctx, &supervisorv1.SandboxRef{Id: "sleeper"}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if closed.Load() != 2 {
+		t.Fatalf("monitors closed %d times at daemon close, want 2", closed.Load())
+	}
+
+	api, stop = apiDaemonAt(t, dir, v, &closed)
+	states := map[string]string{}
+	resp, err := api.ListSandboxes(ctx, &supervisorv1.ListSandboxesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range resp.Sandboxes {
+		states[s.Id] = s.State
+	}
+	if states["sleeper"] != "asleep" || states["pauser"] != "running" {
+		t.Fatalf("states after a daemon restart: %v", states)
+	}
+	a.ev.reset()
+	if _, err := api.StartExec(ctx, &supervisorv1.StartExecRequest{Sandbox: "sleeper", Request: &agentv1.StartRequest{Id: "e1", Command: "true"}}); err != nil {
+		t.Fatalf("exec on a sandbox that slept across a daemon restart: %v", err)
+	}
+	if ev := a.ev.list(); count(ev, "vmm-resume") != 1 {
+		t.Fatalf("events: %q (want one vmm-resume)", ev)
+	}
+	if _, err := api.Pause(ctx, &supervisorv1.SandboxRef{Id: "pauser"}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	api, _ = apiDaemonAt(t, dir, v, &closed)
+	if _, err := api.StartExec(ctx, &supervisorv1.StartExecRequest{Sandbox: "pauser", Request: &agentv1.StartRequest{Id: "e2", Command: "true"}}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("exec on a sandbox paused across a daemon restart: %v", err)
+	}
+	if r, err := api.Resume(ctx, &supervisorv1.SandboxRef{Id: "pauser"}); err != nil || r.Was != "paused" {
+		t.Fatalf("resume after a daemon restart: %+v %v", r, err)
+	}
+	if _, err := api.RemoveSandbox(ctx, &supervisorv1.SandboxRef{Id: "pauser"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = api.ListSandboxes(ctx, &supervisorv1.ListSandboxesRequest{})
+	if len(resp.GetSandboxes()) != 1 || resp.Sandboxes[0].State != "running" {
+		t.Fatalf("after removing one: %v", resp)
 	}
 }

@@ -241,8 +241,10 @@ type AddSandboxRequest struct {
 	Agent  string                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
 	Labels map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// QEMU's QMP unix socket of the sandbox's VM: the daemon holds the VM's
-	// monitor and serves the lifecycle verbs. Not journalled: after a daemon
-	// restart, add the sandbox again with it. Empty: an attached VMM stays.
+	// monitor and serves the lifecycle verbs. Journalled with the run state
+	// (a restarted daemon re-attaches it; a sleeping VM still wakes on the
+	// next exec). Unreachable: FailedPrecondition, nothing registered.
+	// Empty: an attached VMM stays.
 	Qmp           string `protobuf:"bytes,4,opt,name=qmp,proto3" json:"qmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
