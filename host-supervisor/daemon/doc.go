@@ -14,6 +14,12 @@
 //   - The agent's copy is released only after the final status and all
 //     output are durable.
 //
+// Lifecycle (lifecycle.go): a sandbox added with its VM's monitor (qmp)
+// gets a lifecycle.Sandbox; the lifecycle RPCs are thin calls over it, every
+// call that reaches an agent wakes a sleeping sandbox first, and the
+// monitors with their run states are journalled in vmms.json so a restarted
+// daemon re-attaches them.
+//
 // The plain-Go API (Daemon methods) is what the ttrpc service (service.go)
 // wraps.
 package daemon
