@@ -1,14 +1,13 @@
 package execengine
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/sailbox/sailbox/protocol/ids"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -29,28 +28,11 @@ type Spec struct {
 	OutputCap uint64
 }
 
-// ValidID reports whether id is 1-128 characters of [A-Za-z0-9._-]. (A
-// regexp with {1,128} costs half a millisecond to compile at every start of
-// every binary that links this package.)
-func ValidID(id string) bool {
-	if len(id) == 0 || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+// ValidID reports whether id is a valid exec id (see protocol/ids).
+func ValidID(id string) bool { return ids.Valid(id) }
 
 // NewID returns a random exec id.
-func NewID() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return "x" + hex.EncodeToString(b[:])
-}
+func NewID() string { return ids.NewExecID() }
 
 // Validate checks a spec without touching the system; it returns InvalidArgument errors naming the offending field.
 func (s *Spec) Validate() error {

@@ -2,12 +2,11 @@ package agentclient
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"time"
 
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"github.com/sailbox/sailbox/protocol/ids"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -30,7 +29,7 @@ func (c *Client) Run(ctx context.Context, req *agentv1.StartRequest, stdout, std
 	release := req.Id == ""
 	if release {
 		req = proto.Clone(req).(*agentv1.StartRequest)
-		req.Id = newID()
+		req.Id = ids.NewExecID()
 	}
 	final, _, err := c.copyOutput(ctx, req.Id, req, Offsets{}, true, stdout, stderr)
 	if err == nil && release {
@@ -78,13 +77,6 @@ func (c *Client) flushReleases(ctx context.Context) error {
 
 // closeReleaseTimeout bounds the releases Close sends.
 const closeReleaseTimeout = 2 * time.Second
-
-// newID returns a random exec id (the agent's format: x + 24 hex digits).
-func newID() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return "x" + hex.EncodeToString(b[:])
-}
 
 func isNotFound(err error) bool {
 	s, ok := status.FromError(err)

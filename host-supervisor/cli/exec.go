@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sailbox/sailbox/guest-agent/execengine"
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"github.com/sailbox/sailbox/protocol/ids"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -82,7 +82,7 @@ func runExec(ctx context.Context, stdio Stdio, args []string) int {
 	}
 	if req.Id == "" {
 		// A client-side id makes a retried Start (after a dropped link) safe.
-		req.Id = execengine.NewID()
+		req.Id = ids.NewExecID()
 	}
 	var restore func()
 	if f.tty {

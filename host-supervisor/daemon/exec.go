@@ -2,13 +2,10 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,20 +16,13 @@ import (
 	"github.com/sailbox/sailbox/host-supervisor/execstore"
 	"github.com/sailbox/sailbox/host-supervisor/sandbox"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"github.com/sailbox/sailbox/protocol/ids"
 	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
 	"github.com/sailbox/sailbox/protocol/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-
-func newID() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return "x" + hex.EncodeToString(b[:])
-}
 
 // AddSandbox registers a sandbox.
 func (d *Daemon) AddSandbox(id, agent string, labels map[string]string) (*supervisorv1.Sandbox, error) {
@@ -118,7 +108,7 @@ func validateStart(req *agentv1.StartRequest) error {
 	switch {
 	case req == nil:
 		return status.Error(codes.InvalidArgument, "no request")
-	case req.Id != "" && !idPattern.MatchString(req.Id):
+	case req.Id != "" && !ids.Valid(req.Id):
 		return status.Errorf(codes.InvalidArgument, "exec id %q: want 1-128 characters of [A-Za-z0-9._-]", req.Id)
 	case strings.TrimSpace(req.Command) == "" && len(req.Argv) == 0:
 		return status.Error(codes.InvalidArgument, "empty command")
@@ -146,7 +136,7 @@ func (d *Daemon) StartExec(ctx context.Context, req *supervisorv1.StartExecReque
 	}
 	id := req.Request.Id
 	if id == "" {
-		id = newID()
+		id = ids.NewExecID()
 	}
 	rec, created, err := d.store.Accept(&execstore.Record{
 		Id: id, Sandbox: sb.ID, IdempotencyKey: key, Request: req.Request,

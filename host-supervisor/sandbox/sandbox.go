@@ -5,13 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"regexp"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	"github.com/sailbox/sailbox/host-supervisor/execstore"
+	"github.com/sailbox/sailbox/protocol/ids"
 	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
 	"github.com/sailbox/sailbox/protocol/transport"
 	"google.golang.org/grpc/codes"
@@ -189,8 +189,6 @@ type Registry struct {
 	m  map[string]*Sandbox
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-
 // NewRegistry loads the journalled sandboxes and starts their health loops;
 // they stop when ctx ends.
 func NewRegistry(ctx context.Context, store *execstore.Store, cfg Config) (*Registry, error) {
@@ -236,7 +234,7 @@ func (r *Registry) add(p *supervisorv1.Sandbox) (*Sandbox, error) {
 // FailedPrecondition (remove it first). It returns after the first health
 // check (or about PingTimeout), so the state it reports is current.
 func (r *Registry) Add(id, agent string, labels map[string]string) (*Sandbox, error) {
-	if !idPattern.MatchString(id) {
+	if !ids.Valid(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "sandbox id %q: want 1-128 characters of [A-Za-z0-9._-]", id)
 	}
 	if _, err := transport.Parse(agent); err != nil {
