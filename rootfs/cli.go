@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sailbox/sailbox/internal/errstatus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -30,7 +31,7 @@ path and kernel); progress goes to stderr, the full log beside the image.
 // message" with a gRPC code name), 2 when called with no words at all.
 func RunImageCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "error: %s: %s\n", status.Code(err), status.Convert(err).Message())
+		fmt.Fprintln(stderr, errstatus.Line(err))
 		return 125
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {

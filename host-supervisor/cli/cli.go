@@ -8,7 +8,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sailbox/sailbox/internal/errstatus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -83,28 +83,8 @@ func usage(w io.Writer) {
 
 // fail prints err as "error: CODE: message" and returns ExitError.
 func fail(stdio Stdio, err error) int {
-	fmt.Fprintf(stdio.Err, "error: %s: %s\n", codeName(err), message(err))
+	fmt.Fprintln(stdio.Err, errstatus.Line(err))
 	return ExitError
-}
-
-func codeName(err error) string {
-	if s, ok := status.FromError(err); ok {
-		return s.Code().String()
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return codes.DeadlineExceeded.String()
-	}
-	if errors.Is(err, context.Canceled) {
-		return codes.Canceled.String()
-	}
-	return codes.Unknown.String()
-}
-
-func message(err error) string {
-	if s, ok := status.FromError(err); ok {
-		return s.Message()
-	}
-	return err.Error()
 }
 
 // invalid returns an InvalidArgument error.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chzyer/readline"
 	clog "github.com/containerd/log"
+	"github.com/sailbox/sailbox/internal/errstatus"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -113,27 +114,7 @@ func (s *session) report(err error) {
 		fmt.Fprintf(s.err, "[%s]\n", ee.what)
 		return
 	}
-	fmt.Fprintf(s.err, "error: %s: %s\n", codeName(err), message(err))
-}
-
-func codeName(err error) string {
-	if st, ok := status.FromError(err); ok {
-		return st.Code().String()
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return codes.DeadlineExceeded.String()
-	}
-	if errors.Is(err, context.Canceled) {
-		return codes.Canceled.String()
-	}
-	return codes.Unknown.String()
-}
-
-func message(err error) string {
-	if st, ok := status.FromError(err); ok {
-		return strings.ReplaceAll(st.Message(), "\n", " ")
-	}
-	return strings.ReplaceAll(err.Error(), "\n", " ")
+	fmt.Fprintln(s.err, errstatus.Line(err))
 }
 
 func invalid(format string, a ...any) error {
@@ -179,7 +160,7 @@ func (s *session) execute(ctx context.Context, line string) error {
 	switch {
 	case err != nil && s.gone():
 		return status.Error(codes.Unavailable, "the agent has exited")
-	case intr && codeName(err) == codes.Canceled.String():
+	case intr && errstatus.Code(err) == codes.Canceled:
 		return status.Error(codes.Canceled, "interrupted")
 	}
 	return err
@@ -227,8 +208,8 @@ func (s *session) interrupt() {
 			ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
 			defer c()
 			// An exec that just ended refuses signals: nothing to say then.
-			if err := s.b.Signal(ctx, id, int(sig)); err != nil && (codeName(err) == codes.Unavailable.String() || codeName(err) == codes.DeadlineExceeded.String()) {
-				fmt.Fprintf(s.err, "\nerror: %s: signal exec %s: %s\n", codeName(err), id, message(err))
+			if err := s.b.Signal(ctx, id, int(sig)); err != nil && (errstatus.Code(err) == codes.Unavailable || errstatus.Code(err) == codes.DeadlineExceeded) {
+				fmt.Fprintf(s.err, "\nerror: %s: signal exec %s: %s\n", errstatus.Code(err), id, errstatus.Message(err))
 				if cancel != nil {
 					cancel()
 				}
