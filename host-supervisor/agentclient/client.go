@@ -120,7 +120,7 @@ func (c *Client) Close() error {
 // IsConnectionError reports whether err means the link failed (retry on a
 // new connection), as opposed to an answer from the agent.
 func IsConnectionError(err error) bool {
-	var lw *localWriteError
+	var lw *LocalWriteError
 	if err == nil || errors.As(err, &lw) {
 		return false
 	}

@@ -222,7 +222,7 @@ func (d *dataConn) copyTo(w io.Writer, n int, pos *uint64) error {
 		r, err := d.br.Read(d.buf[:min(n, len(d.buf))])
 		if r > 0 {
 			if _, werr := w.Write(d.buf[:r]); werr != nil {
-				return &localWriteError{werr}
+				return &LocalWriteError{werr}
 			}
 			*pos += uint64(r)
 			n -= r

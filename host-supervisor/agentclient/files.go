@@ -186,14 +186,14 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer, o ReadO
 				continue
 			}
 			if _, err := w.Write(chunk.Data); err != nil {
-				return &localWriteError{err}
+				return &LocalWriteError{err}
 			}
 			n += uint64(len(chunk.Data))
 		}
 	})
-	var lw *localWriteError
+	var lw *LocalWriteError
 	if errors.As(err, &lw) {
-		err = lw.err
+		err = lw.Err
 	}
 	return info, n, err
 }

@@ -3,15 +3,35 @@ package agentclient
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Offsets are positions in an exec's two output streams.
 type Offsets struct {
 	Stdout, Stderr uint64
+}
+
+// Deliver writes one output chunk of exec id to the writer of its stream and
+// advances that stream's offset. A chunk that does not start where the last
+// one ended is an error (a gap or a duplicate), as is a failed local write
+// (a *LocalWriteError, which no caller retries).
+func (o *Offsets) Deliver(id string, stream agentv1.Stream, at uint64, data []byte, stdout, stderr io.Writer) error {
+	w, pos := stdout, &o.Stdout
+	if stream == agentv1.Stream_STREAM_STDERR {
+		w, pos = stderr, &o.Stderr
+	}
+	if at != *pos {
+		return status.Errorf(codes.Internal, "exec %s: output chunk at offset %d, expected %d", id, at, *pos)
+	}
+	if _, err := w.Write(data); err != nil {
+		return &LocalWriteError{err}
+	}
+	*pos += uint64(len(data))
+	return nil
 }
 
 // CopyOutput copies an exec's output from off to the writers. With follow it
@@ -59,25 +79,17 @@ func (c *Client) copyOutput(ctx context.Context, id string, start *agentv1.Start
 				final = chunk.Final
 				return nil
 			}
-			w, pos := stdout, &off.Stdout
-			if chunk.Stream == agentv1.Stream_STREAM_STDERR {
-				w, pos = stderr, &off.Stderr
+			if err := off.Deliver(id, chunk.Stream, chunk.Offset, chunk.Data, stdout, stderr); err != nil {
+				return err
 			}
-			if chunk.Offset != *pos {
-				return fmt.Errorf("exec %s: output chunk at offset %d, expected %d", id, chunk.Offset, *pos)
-			}
-			if _, err := w.Write(chunk.Data); err != nil {
-				return &localWriteError{err}
-			}
-			*pos += uint64(len(chunk.Data))
 		}
 	})
 	return final, off, err
 }
 
-// localWriteError is a failure to write output locally (a closed pipe): not
+// LocalWriteError is a failure to write output locally (a closed pipe): not
 // a connection error, so never retried.
-type localWriteError struct{ err error }
+type LocalWriteError struct{ Err error }
 
-func (e *localWriteError) Error() string { return "write output: " + e.err.Error() }
-func (e *localWriteError) Unwrap() error { return e.err }
+func (e *LocalWriteError) Error() string { return "write output: " + e.Err.Error() }
+func (e *LocalWriteError) Unwrap() error { return e.Err }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"time"
@@ -186,18 +187,14 @@ func (e *supervisorExecer) CopyOutput(ctx context.Context, id string, off agentc
 				final = chunk.Final
 				return nil
 			}
-			w, pos := stdout, &off.Stdout
-			if chunk.Stream == agentv1.Stream_STREAM_STDERR {
-				w, pos = stderr, &off.Stderr
+			if err := off.Deliver(id, chunk.Stream, chunk.Offset, chunk.Data, stdout, stderr); err != nil {
+				var lw *agentclient.LocalWriteError
+				if errors.As(err, &lw) {
+					localErr = lw.Err // the daemon link is fine: do not redial
+					return nil
+				}
+				return err
 			}
-			if chunk.Offset != *pos {
-				return status.Errorf(codes.Internal, "exec %s: output chunk at offset %d, expected %d", id, chunk.Offset, *pos)
-			}
-			if _, err := w.Write(chunk.Data); err != nil {
-				localErr = err
-				return nil
-			}
-			*pos += uint64(len(chunk.Data))
 		}
 	})
 	if err == nil {
