@@ -127,7 +127,8 @@ func run() error {
 		return err
 	}
 	agentv1.RegisterSnapshotService(srv, snap)
-	agentv1.RegisterFilesService(srv, &service.Files{Writable: snap.F.CheckWritable})
+	filesSvc := &service.Files{Writable: snap.F.CheckWritable}
+	agentv1.RegisterFilesService(srv, filesSvc)
 	agentv1.RegisterFunctionService(srv, &service.Function{R: &pyfunc.Runner{Python: o.python, Starter: rp}})
 
 	l, err := transport.Listen(o.listen)
@@ -136,8 +137,8 @@ func run() error {
 	}
 	log.Info("guest agent serving", "listen", o.listen, "version", version.Version, "state_dir", o.stateDir, "pid", os.Getpid())
 	errc := make(chan error, 1)
-	// Mux: raw output connections (service/data.go) share the listener.
-	go func() { errc <- srv.Serve(ctx, execSvc.Mux(l, log)) }()
+	// Mux: raw data connections (service/data.go: exec output, file reads) share the listener.
+	go func() { errc <- srv.Serve(ctx, service.Mux(l, execSvc, filesSvc, log)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve %s: %w", o.listen, err)

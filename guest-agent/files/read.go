@@ -70,3 +70,6 @@ func (r *Reader) Stat() (Info, error) {
 
 // Close closes the file.
 func (r *Reader) Close() error { return r.f.Close() }
+
+// File returns the open file (for sendfile); the Reader still owns it.
+func (r *Reader) File() *os.File { return r.f }

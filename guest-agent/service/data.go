@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -17,19 +18,22 @@ import (
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
 	"github.com/sailbox/sailbox/protocol/agentdata"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
-// Data connections (package agentdata) carry exec output raw, beside ttrpc.
+// Data connections (package agentdata) carry exec output and file reads
+// raw, beside ttrpc.
 
 // Mux returns a listener that hands every connection to ttrpc unchanged,
-// except those that start with agentdata.Magic, which it serves itself.
-func (s *Exec) Mux(l net.Listener, log *slog.Logger) net.Listener {
+// except those that start with agentdata.Magic, which it serves itself with
+// the exec and files services.
+func Mux(l net.Listener, e *Exec, f *Files, log *slog.Logger) net.Listener {
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &mux{Listener: l, s: s, log: log, conns: make(chan net.Conn), done: make(chan struct{})}
+	m := &mux{Listener: l, s: e, f: f, log: log, conns: make(chan net.Conn), done: make(chan struct{})}
 	go m.loop()
 	return m
 }
@@ -37,6 +41,7 @@ func (s *Exec) Mux(l net.Listener, log *slog.Logger) net.Listener {
 type mux struct {
 	net.Listener
 	s     *Exec
+	f     *Files
 	log   *slog.Logger
 	conns chan net.Conn
 	done  chan struct{}
@@ -75,7 +80,7 @@ func (m *mux) classify(c net.Conn) {
 		return
 	}
 	if string(buf) == agentdata.Magic {
-		m.s.serveData(c, m.log)
+		serveData(c, m.s, m.f, m.log)
 		return
 	}
 	select {
@@ -118,7 +123,7 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 }
 
 // serveData serves one data connection until the client closes it.
-func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
+func serveData(c net.Conn, s *Exec, f *Files, log *slog.Logger) {
 	defer c.Close()
 	if _, err := io.WriteString(c, agentdata.Magic); err != nil {
 		return
@@ -127,7 +132,7 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 	// request waits for output.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	reqs := make(chan *agentv1.OutputRequest)
+	reqs := make(chan *agentv1.DataRequest)
 	go func() {
 		defer cancel()
 		defer close(reqs)
@@ -146,7 +151,7 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 			if _, err := io.ReadFull(br, b); err != nil {
 				return
 			}
-			req := &agentv1.OutputRequest{}
+			req := &agentv1.DataRequest{}
 			if err := proto.Unmarshal(b, req); err != nil {
 				log.Warn("data connection: bad request", "err", err)
 				return
@@ -160,7 +165,21 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 	}()
 	sink := &dataSink{c: c}
 	for req := range reqs {
-		err := s.output(ctx, req, sink)
+		var err error
+		end := true // a request that ends without its own last frame gets FrameEnd
+		switch r := req.Request.(type) {
+		case *agentv1.DataRequest_Output:
+			err = s.output(ctx, r.Output, sink)
+			end = !r.Output.Follow
+		case *agentv1.DataRequest_ReadFile:
+			if f == nil {
+				err = status.Error(codes.Unimplemented, "file reads are not served on data connections")
+				break
+			}
+			err = f.readData(ctx, r.ReadFile, sink)
+		default:
+			err = status.Error(codes.InvalidArgument, "empty data connection request")
+		}
 		switch {
 		case errors.Is(err, errSinkBroken):
 			return
@@ -169,7 +188,7 @@ func (s *Exec) serveData(c net.Conn, log *slog.Logger) {
 			if sink.frame(agentdata.FrameError, 0, b) != nil {
 				return
 			}
-		case !req.Follow:
+		case end:
 			if sink.frame(agentdata.FrameEnd, 0, nil) != nil {
 				return
 			}
@@ -218,18 +237,26 @@ func (d *dataSink) data(stream agentv1.Stream, sp *spool.Spool, off, n uint64) (
 	if stream == agentv1.Stream_STREAM_STDERR {
 		kind = agentdata.FrameStderr
 	}
-	d.hdr[0] = kind
-	binary.BigEndian.PutUint64(d.hdr[1:], off)
-	binary.BigEndian.PutUint32(d.hdr[9:], uint32(avail))
-	if _, err := d.c.Write(d.hdr[:]); err != nil {
-		return 0, &sinkError{err}
-	}
-	// The header promised avail bytes: from here on a failure breaks the
-	// connection either way.
-	if err := d.sendfile(f, int64(off), int64(avail)); err != nil {
-		return 0, &sinkError{err}
+	if err := d.fileFrame(kind, f, off, avail); err != nil {
+		return 0, err
 	}
 	return avail, nil
+}
+
+// fileFrame sends n bytes of f at off as one frame of kind.
+func (d *dataSink) fileFrame(kind byte, f *os.File, off, n uint64) error {
+	d.hdr[0] = kind
+	binary.BigEndian.PutUint64(d.hdr[1:], off)
+	binary.BigEndian.PutUint32(d.hdr[9:], uint32(n))
+	if _, err := d.c.Write(d.hdr[:]); err != nil {
+		return &sinkError{err}
+	}
+	// The header promised n bytes: from here on a failure breaks the
+	// connection either way.
+	if err := d.sendfile(f, int64(off), int64(n)); err != nil {
+		return &sinkError{err}
+	}
+	return nil
 }
 
 // sendfile copies n bytes of f at off to the connection, in the kernel when

@@ -35,7 +35,7 @@ func serveExec(t *testing.T, m *execengine.Manager, withData bool) string {
 	agentv1.RegisterExecService(srv, svc)
 	var ln net.Listener = l
 	if withData {
-		ln = svc.Mux(l, nil)
+		ln = Mux(l, svc, nil, nil)
 	}
 	go srv.Serve(context.Background(), ln)
 	t.Cleanup(func() { srv.Close() })

@@ -8,8 +8,10 @@ import (
 
 	"github.com/sailbox/sailbox/guest-agent/files"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
+	"github.com/sailbox/sailbox/protocol/agentdata"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // FileChunkSize is the largest data chunk in one Files message.
@@ -115,20 +117,11 @@ func recvErr(ctx context.Context, err error) error {
 }
 
 func (s *Files) Read(ctx context.Context, req *agentv1.ReadFileRequest, srv agentv1.Files_ReadServer) error {
-	r, err := files.Open(req.Path)
+	r, end, err := openRange(req)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if want := req.IfUnchanged; want != nil {
-		if !r.Info.Same(FileInfoFromProto(want)) {
-			return status.Errorf(codes.Aborted, "read %s: the file changed since the read began", r.Info.Path)
-		}
-	}
-	end := ^uint64(0)
-	if req.Limit > 0 && req.Offset+req.Limit > req.Offset {
-		end = req.Offset + req.Limit
-	}
 	first := &agentv1.ReadFileChunk{Info: FileInfoProto(r.Info), Offset: req.Offset}
 	buf := make([]byte, FileChunkSize)
 	off := req.Offset
@@ -159,6 +152,53 @@ func (s *Files) Read(ctx context.Context, req *agentv1.ReadFileRequest, srv agen
 		return srv.Send(first)
 	}
 	return nil
+}
+
+// readData is Read on a data connection: the file's bytes go by sendfile,
+// in frames of at most FileChunkSize (the file may shrink while it is read).
+func (s *Files) readData(ctx context.Context, req *agentv1.ReadFileRequest, sink *dataSink) error {
+	r, end, err := openRange(req)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	b, err := proto.Marshal(FileInfoProto(r.Info))
+	if err != nil {
+		return err
+	}
+	if err := sink.frame(agentdata.FrameFileInfo, req.Offset, b); err != nil {
+		return err
+	}
+	end = min(end, r.Info.Size)
+	for off := req.Offset; off < end; {
+		n := min(end-off, FileChunkSize)
+		if err := sink.fileFrame(agentdata.FrameFile, r.File(), off, n); err != nil {
+			return err
+		}
+		off += n
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	return nil
+}
+
+// openRange opens the file of a read request and returns the end offset of
+// the requested range (unbounded: ^0).
+func openRange(req *agentv1.ReadFileRequest) (*files.Reader, uint64, error) {
+	r, err := files.Open(req.Path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if want := req.IfUnchanged; want != nil && !r.Info.Same(FileInfoFromProto(want)) {
+		r.Close()
+		return nil, 0, status.Errorf(codes.Aborted, "read %s: the file changed since the read began", r.Info.Path)
+	}
+	end := ^uint64(0)
+	if req.Limit > 0 && req.Offset+req.Limit > req.Offset {
+		end = req.Offset + req.Limit
+	}
+	return r, end, nil
 }
 
 func (s *Files) Stat(ctx context.Context, req *agentv1.StatFileRequest) (*agentv1.FileInfo, error) {

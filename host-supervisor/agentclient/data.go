@@ -146,28 +146,39 @@ func (c *Client) copyOutputData(ctx context.Context, req *agentv1.OutputRequest,
 	}
 }
 
-// stream sends one request and copies its frames. clean says the
-// connection is between requests again (reusable).
-func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *Offsets, stdout, stderr io.Writer) (final *agentv1.ExecStatus, clean bool, err error) {
+// send writes one request. The returned stop must be called when the
+// request's frames have been read: until then a cancelled ctx unblocks the
+// reads (and the connection is then dropped).
+func (d *dataConn) send(ctx context.Context, req *agentv1.DataRequest) (stop func() bool, err error) {
 	b, err := proto.Marshal(req)
 	if err != nil {
-		return nil, true, err
+		return nil, err
 	}
 	msg := make([]byte, 4+len(b))
 	binary.BigEndian.PutUint32(msg, uint32(len(b)))
 	copy(msg[4:], b)
-	// A cancelled ctx unblocks the reads; the connection is then dropped.
-	stop := context.AfterFunc(ctx, func() { d.nc.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	stop = context.AfterFunc(ctx, func() { d.nc.SetDeadline(time.Unix(1, 0)) })
+	if _, err := d.nc.Write(msg); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+// stream sends one output request and copies its frames. clean says the
+// connection is between requests again (reusable).
+func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *Offsets, stdout, stderr io.Writer) (final *agentv1.ExecStatus, clean bool, err error) {
 	defer func() {
 		if err != nil && ctx.Err() != nil {
 			err = status.FromContextError(ctx.Err()).Err()
 			clean = false
 		}
 	}()
-	if _, err := d.nc.Write(msg); err != nil {
+	stop, err := d.send(ctx, &agentv1.DataRequest{Request: &agentv1.DataRequest_Output{Output: req}})
+	if err != nil {
 		return nil, false, err
 	}
+	defer stop()
 	for {
 		if _, err := io.ReadFull(d.br, d.hdr[:]); err != nil {
 			return nil, false, eof(err)
@@ -196,11 +207,7 @@ func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *
 			case agentdata.FrameEnd:
 				return nil, true, nil
 			case agentdata.FrameError:
-				var s spb.Status
-				if err := proto.Unmarshal(p, &s); err != nil {
-					return nil, false, fmt.Errorf("data connection: bad error frame: %w", err)
-				}
-				return nil, true, status.FromProto(&s).Err()
+				return nil, true, errorFrame(p)
 			}
 			st := &agentv1.ExecStatus{}
 			if err := proto.Unmarshal(p, st); err != nil {
@@ -211,6 +218,70 @@ func (d *dataConn) stream(ctx context.Context, req *agentv1.OutputRequest, off *
 			return nil, false, fmt.Errorf("data connection: unknown frame kind %d", kind)
 		}
 	}
+}
+
+// readFile sends one file read and copies the file's frames to w. pos is
+// the file offset of the next byte to write; info receives the FileInfo
+// frame. clean says the connection is reusable.
+func (d *dataConn) readFile(ctx context.Context, req *agentv1.ReadFileRequest, w io.Writer, pos *uint64, info func(*agentv1.FileInfo)) (clean bool, err error) {
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = status.FromContextError(ctx.Err()).Err()
+			clean = false
+		}
+	}()
+	stop, err := d.send(ctx, &agentv1.DataRequest{Request: &agentv1.DataRequest_ReadFile{ReadFile: req}})
+	if err != nil {
+		return false, err
+	}
+	defer stop()
+	for {
+		if _, err := io.ReadFull(d.br, d.hdr[:]); err != nil {
+			return false, eof(err)
+		}
+		kind := d.hdr[0]
+		at := binary.BigEndian.Uint64(d.hdr[1:])
+		n := int(binary.BigEndian.Uint32(d.hdr[9:]))
+		if kind == agentdata.FrameFile {
+			if at != *pos {
+				return false, fmt.Errorf("read %s: chunk at offset %d, expected %d", req.Path, at, *pos)
+			}
+			if err := d.copyTo(w, n, pos); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if n > agentdata.MaxRequest {
+			return false, fmt.Errorf("data connection: %d-byte control frame", n)
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(d.br, p); err != nil {
+			return false, eof(err)
+		}
+		switch kind {
+		case agentdata.FrameFileInfo:
+			fi := &agentv1.FileInfo{}
+			if err := proto.Unmarshal(p, fi); err != nil {
+				return false, fmt.Errorf("data connection: bad file info: %w", err)
+			}
+			info(fi)
+		case agentdata.FrameEnd:
+			return true, nil
+		case agentdata.FrameError:
+			return true, errorFrame(p)
+		default:
+			return false, fmt.Errorf("data connection: unexpected frame kind %d in a file read", kind)
+		}
+	}
+}
+
+// errorFrame decodes a FrameError payload.
+func errorFrame(p []byte) error {
+	var s spb.Status
+	if err := proto.Unmarshal(p, &s); err != nil {
+		return fmt.Errorf("data connection: bad error frame: %w", err)
+	}
+	return status.FromProto(&s).Err()
 }
 
 // copyTo copies n bytes of payload to w, advancing pos as it writes.

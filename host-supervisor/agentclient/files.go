@@ -153,6 +153,39 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer, o ReadO
 		info *agentv1.FileInfo
 		n    uint64
 	)
+	setInfo := func(fi *agentv1.FileInfo) {
+		if info == nil {
+			info = fi
+			if o.OnInfo != nil {
+				o.OnInfo(info)
+			}
+		}
+	}
+	// First over a data connection (sendfile in the agent); what a broken
+	// link leaves unread is read over ttrpc below, checked unchanged.
+	if d, err := c.getData(ctx); err == nil {
+		req := &agentv1.ReadFileRequest{Path: path, Offset: o.Offset, Limit: o.Limit}
+		pos := o.Offset
+		clean, err := d.readFile(ctx, req, w, &pos, setInfo)
+		n = pos - o.Offset
+		if clean {
+			c.putData(d)
+		} else {
+			d.nc.Close()
+		}
+		var lw *LocalWriteError
+		switch {
+		case errors.As(err, &lw):
+			return info, n, lw.Err
+		case err == nil || !IsConnectionError(err):
+			return info, n, err
+		}
+		if info == nil {
+			n = 0 // nothing trustworthy arrived: start over
+		}
+	} else if !errors.Is(err, errNoData) {
+		return nil, 0, err
+	}
 	err := c.call(ctx, func(cn *conn) error {
 		req := &agentv1.ReadFileRequest{Path: path, Offset: o.Offset + n, IfUnchanged: info}
 		if o.Limit > 0 {
@@ -173,11 +206,8 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer, o ReadO
 			if err != nil {
 				return err
 			}
-			if chunk.Info != nil && info == nil {
-				info = chunk.Info
-				if o.OnInfo != nil {
-					o.OnInfo(info)
-				}
+			if chunk.Info != nil {
+				setInfo(chunk.Info)
 			}
 			if chunk.Offset != o.Offset+n {
 				return fmt.Errorf("read %s: chunk at offset %d, expected %d", path, chunk.Offset, o.Offset+n)

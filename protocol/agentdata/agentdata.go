@@ -1,25 +1,29 @@
 // Package agentdata is the wire format of the agent's data connections: exec
-// output moved raw beside ttrpc, which copies every payload several times
-// and caps an output stream far below the socket. The agent sends output
-// from its spool with sendfile.
+// output and file reads moved raw beside ttrpc, which copies every payload
+// several times and caps a stream far below the socket. The agent sends
+// output from its spool, and files, with sendfile.
 //
 // A data connection starts with Magic from the client, which the agent
 // echoes (an agent without data connections does not: the client then uses
 // ttrpc). Then, one after the other, requests and their frames:
 //
-//	request: u32 length (big endian) + a marshaled agentv1.OutputRequest
+//	request: u32 length (big endian) + a marshaled agentv1.DataRequest
 //	frame:   u8 kind + u64 offset + u32 length (big endian) + payload
 //
 // FrameStdout and FrameStderr carry output at offset. A request ends with
 // FrameFinal (follow: the marshaled final agentv1.ExecStatus), FrameEnd (no
 // follow: the current end was reached) or FrameError (a marshaled
 // google.rpc.Status). The connection can then carry the next request. The
-// semantics of a request are those of the Exec service's Output.
+// semantics of an output request are those of the Exec service's Output.
+//
+// A file read (the semantics of Files.Read) answers FrameFileInfo (the
+// marshaled agentv1.FileInfo), then FrameFile frames of the file's bytes at
+// their offset, then FrameEnd, or FrameError at any point.
 package agentdata
 
 // Magic opens a data connection. Every ttrpc message starts with a 10-byte
 // header, so the agent can tell the two apart by a connection's first bytes.
-const Magic = "SBXOUT1\n"
+const Magic = "SBXDAT2\n"
 
 // Frame kinds.
 const (
@@ -28,6 +32,9 @@ const (
 	FrameFinal  byte = 3
 	FrameEnd    byte = 4
 	FrameError  byte = 5
+	// File reads.
+	FrameFileInfo byte = 6
+	FrameFile     byte = 7
 )
 
 // HeaderLen is the size of a frame header.
