@@ -2,6 +2,7 @@ package execengine
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"sync"
 	"syscall"
@@ -153,8 +154,10 @@ func (e *Exec) Resize(rows, cols uint16) error {
 }
 
 // finish records the exit once the process has exited and its output is
-// drained (or the drain grace has passed).
-func (e *Exec) finish(ws unix.WaitStatus) {
+// drained (or the drain grace has passed). It runs once per exec (its
+// supervise goroutine); a second call is refused by the state machine and
+// reported, never applied.
+func (e *Exec) finish(ws unix.WaitStatus) error {
 	e.mu.Lock()
 	to := StateExited
 	if e.timedOut {
@@ -162,7 +165,7 @@ func (e *Exec) finish(ws unix.WaitStatus) {
 	}
 	if err := e.state.transition(to); err != nil {
 		e.mu.Unlock()
-		panic(err) // finish runs once per exec by construction
+		return fmt.Errorf("exec %s: %w", e.id, err)
 	}
 	e.state = to
 	e.ws = ws
@@ -175,6 +178,7 @@ func (e *Exec) finish(ws unix.WaitStatus) {
 	e.mu.Unlock()
 	e.proc.release()
 	close(e.done)
+	return nil
 }
 
 func defaultSize(rows, cols uint16) (uint16, uint16) {

@@ -402,3 +402,27 @@ func TestOrphansAreReaped(t *testing.T) {
 		t.Fatalf("zombies: %v", z)
 	}
 }
+
+func TestStateMachineRejectsIllegalMoves(t *testing.T) {
+	for _, c := range []struct {
+		from, to State
+		ok       bool
+	}{
+		{StateRunning, StateExited, true}, {StateRunning, StateTimedOut, true},
+		{StateExited, StateTimedOut, false}, {StateTimedOut, StateExited, false},
+		{StateExited, StateRunning, false}, {StateRunning, StateRunning, false},
+	} {
+		if err := c.from.transition(c.to); (err == nil) != c.ok {
+			t.Errorf("%s → %s: err %v, want ok=%v", c.from, c.to, err, c.ok)
+		}
+	}
+	m := newManager(t)
+	e, _, err := m.Start(Spec{Command: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Wait(context.Background())
+	if err := e.finish(0); err == nil || !strings.Contains(err.Error(), e.ID()) {
+		t.Fatalf("a second finish was applied: %v", err)
+	}
+}

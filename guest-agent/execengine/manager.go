@@ -190,7 +190,10 @@ func (m *Manager) supervise(e *Exec, p *started) {
 	case <-time.After(m.cfg.DrainGrace):
 		m.log.Debug("exec output still open after exit (a background process holds it)", "id", e.id)
 	}
-	e.finish(ws)
+	if err := e.finish(ws); err != nil {
+		m.log.Error("exec finish refused", "id", e.id, "err", err)
+		return
+	}
 	m.log.Debug("exec finished", "id", e.id, "status", ws)
 }
 
