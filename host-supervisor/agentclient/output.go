@@ -34,6 +34,39 @@ func (o *Offsets) Deliver(id string, stream agentv1.Stream, at uint64, data []by
 	return nil
 }
 
+// OutputChunk is what an output stream carries, from the agent
+// (agentv1.OutputChunk) or from the supervisor (its ExecOutputChunk).
+type OutputChunk interface {
+	GetStream() agentv1.Stream
+	GetOffset() uint64
+	GetData() []byte
+}
+
+// DrainOutput receives an exec's output stream until its end and delivers
+// each chunk at off. isFinal recognises the chunk that carries the final
+// status (it ends the stream and is returned). A follow stream that ends
+// without one was cut: io.ErrUnexpectedEOF, for the caller to resume at off.
+func DrainOutput[C OutputChunk](id string, recv func() (C, error), isFinal func(C) bool, follow bool, off *Offsets, stdout, stderr io.Writer) (final C, err error) {
+	for {
+		chunk, err := recv()
+		if err == io.EOF {
+			if follow {
+				return final, io.ErrUnexpectedEOF
+			}
+			return final, nil
+		}
+		if err != nil {
+			return final, err
+		}
+		if isFinal(chunk) {
+			return chunk, nil
+		}
+		if err := off.Deliver(id, chunk.GetStream(), chunk.GetOffset(), chunk.GetData(), stdout, stderr); err != nil {
+			return final, err
+		}
+	}
+}
+
 // CopyOutput copies an exec's output from off to the writers. With follow it
 // returns the final status once the exec has finished and all output has
 // been copied; without, it returns (nil, ...) at the current end. A broken
@@ -63,26 +96,9 @@ func (c *Client) copyOutput(ctx context.Context, id string, start *agentv1.Start
 			c.queueRelease(release...) // not delivered for sure: keep them
 			return err
 		}
-		for {
-			chunk, err := stream.Recv()
-			if err == io.EOF {
-				if follow {
-					// A follow stream ends with its final status; EOF before it is a cut link.
-					return io.ErrUnexpectedEOF
-				}
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if chunk.Final != nil {
-				final = chunk.Final
-				return nil
-			}
-			if err := off.Deliver(id, chunk.Stream, chunk.Offset, chunk.Data, stdout, stderr); err != nil {
-				return err
-			}
-		}
+		last, err := DrainOutput(id, stream.Recv, func(c *agentv1.OutputChunk) bool { return c.Final != nil }, follow, &off, stdout, stderr)
+		final = last.GetFinal()
+		return err
 	})
 	return final, off, err
 }

@@ -172,30 +172,14 @@ func (e *supervisorExecer) CopyOutput(ctx context.Context, id string, off agentc
 		if err != nil {
 			return err
 		}
-		for {
-			chunk, err := stream.Recv()
-			if err == io.EOF {
-				if follow {
-					return io.ErrUnexpectedEOF
-				}
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if chunk.Final != nil {
-				final = chunk.Final
-				return nil
-			}
-			if err := off.Deliver(id, chunk.Stream, chunk.Offset, chunk.Data, stdout, stderr); err != nil {
-				var lw *agentclient.LocalWriteError
-				if errors.As(err, &lw) {
-					localErr = lw.Err // the daemon link is fine: do not redial
-					return nil
-				}
-				return err
-			}
+		last, err := agentclient.DrainOutput(id, stream.Recv, func(c *supervisorv1.ExecOutputChunk) bool { return c.Final != nil }, follow, &off, stdout, stderr)
+		final = last.GetFinal()
+		var lw *agentclient.LocalWriteError
+		if errors.As(err, &lw) {
+			localErr = lw.Err // the daemon link is fine: do not redial
+			return nil
 		}
+		return err
 	})
 	if err == nil {
 		err = localErr

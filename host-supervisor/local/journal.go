@@ -92,15 +92,11 @@ func (j *Journaled) CopyOutput(ctx context.Context, id string, off agentclient.O
 			final = c.Final
 			return nil
 		}
-		w, pos := stdout, &off.Stdout
-		if c.Stream == agentv1.Stream_STREAM_STDERR {
-			w, pos = stderr, &off.Stderr
+		err := off.Deliver(id, c.Stream, c.Offset, c.Data, stdout, stderr)
+		if lw, ok := err.(*agentclient.LocalWriteError); ok {
+			return lw.Err
 		}
-		if _, err := w.Write(c.Data); err != nil {
-			return err
-		}
-		*pos += uint64(len(c.Data))
-		return nil
+		return err
 	})
 	if err != nil || final == nil {
 		return nil, off, err
