@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
+	"github.com/sailbox/sailbox/host-supervisor/execstore"
 	agentv1 "github.com/sailbox/sailbox/protocol/agent/v1"
 	supervisorv1 "github.com/sailbox/sailbox/protocol/supervisor/v1"
 	"github.com/sailbox/sailbox/protocol/transport"
@@ -122,26 +123,7 @@ func recordStatus(r *supervisorv1.ExecRecord) (*agentv1.ExecStatus, error) {
 		}
 		return nil, status.Errorf(code, "%s", r.Reason)
 	}
-	st := &agentv1.ExecStatus{
-		Id: r.Id, Pid: r.Pid, ExitCode: r.ExitCode, Signal: r.Signal,
-		StartedUnixNano: r.StartedUnixNano, EndedUnixNano: r.EndedUnixNano,
-		Stdout:  streamInfo(r.Stdout),
-		Stderr:  streamInfo(r.Stderr),
-		Command: r.GetRequest().GetCommand(), Tty: r.GetRequest().GetTty(),
-	}
-	switch r.State {
-	case supervisorv1.ExecState_EXEC_STATE_EXITED:
-		st.State = agentv1.ExecState_EXEC_STATE_EXITED
-	case supervisorv1.ExecState_EXEC_STATE_TIMED_OUT:
-		st.State, st.TimedOut = agentv1.ExecState_EXEC_STATE_TIMED_OUT, true
-	default:
-		st.State = agentv1.ExecState_EXEC_STATE_RUNNING
-	}
-	return st, nil
-}
-
-func streamInfo(s *supervisorv1.StreamInfo) *agentv1.StreamInfo {
-	return &agentv1.StreamInfo{Total: s.GetTotal(), Kept: s.GetKept(), Truncated: s.GetTruncated()}
+	return execstore.AgentStatus(r), nil
 }
 
 func (e *supervisorExecer) Start(ctx context.Context, req *agentv1.StartRequest) (*agentv1.StartResponse, error) {

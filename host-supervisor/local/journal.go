@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/sailbox/sailbox/host-supervisor/agentclient"
 	"github.com/sailbox/sailbox/host-supervisor/daemon"
@@ -78,7 +77,7 @@ func (j *Journaled) Start(ctx context.Context, req *agentv1.StartRequest) (*agen
 	if err != nil {
 		return nil, err
 	}
-	return &agentv1.StartResponse{Status: execStatus(resp.Record), Created: resp.Created}, nil
+	return &agentv1.StartResponse{Status: execstore.AgentStatus(resp.Record), Created: resp.Created}, nil
 }
 
 // CopyOutput copies the stored output; with follow it ends with the final
@@ -140,7 +139,7 @@ func (j *Journaled) List(ctx context.Context) ([]*agentv1.ExecStatus, error) {
 			return nil, err
 		}
 		for _, r := range resp.Execs {
-			out = append(out, execStatus(r))
+			out = append(out, execstore.AgentStatus(r))
 		}
 		if resp.NextPageToken == "" {
 			return out, nil
@@ -152,33 +151,6 @@ func (j *Journaled) List(ctx context.Context) ([]*agentv1.ExecStatus, error) {
 // Release deletes a record and its stored output.
 func (j *Journaled) Release(ctx context.Context, id string) error {
 	return j.d.DeleteExec(SandboxID, id)
-}
-
-// execStatus renders a journal record as the agent's status. Lost and
-// failed records have no agent state: they show as EXEC_STATE_UNSPECIFIED.
-func execStatus(r *execstore.Record) *agentv1.ExecStatus {
-	st := &agentv1.ExecStatus{
-		Id: r.Id, Pid: r.Pid, ExitCode: r.ExitCode, Signal: r.Signal,
-		StartedUnixNano: r.StartedUnixNano, EndedUnixNano: r.EndedUnixNano,
-		Stdout:  &agentv1.StreamInfo{Total: r.GetStdout().GetTotal(), Kept: r.GetStdout().GetKept(), Truncated: r.GetStdout().GetTruncated()},
-		Stderr:  &agentv1.StreamInfo{Total: r.GetStderr().GetTotal(), Kept: r.GetStderr().GetKept(), Truncated: r.GetStderr().GetTruncated()},
-		Command: r.GetRequest().GetCommand(), Tty: r.GetRequest().GetTty(),
-	}
-	if st.StartedUnixNano == 0 {
-		st.StartedUnixNano = r.AcceptedUnixNano
-	}
-	if st.Command == "" {
-		st.Command = strings.Join(r.GetRequest().GetArgv(), " ")
-	}
-	switch r.State {
-	case execstore.Accepted, execstore.Running:
-		st.State = agentv1.ExecState_EXEC_STATE_RUNNING
-	case execstore.Exited:
-		st.State = agentv1.ExecState_EXEC_STATE_EXITED
-	case execstore.TimedOut:
-		st.State, st.TimedOut = agentv1.ExecState_EXEC_STATE_TIMED_OUT, true
-	}
-	return st
 }
 
 // finalStatus is a final record's status, or the error a lost or failed
@@ -194,5 +166,5 @@ func finalStatus(r *execstore.Record) (*agentv1.ExecStatus, error) {
 		}
 		return nil, status.Errorf(code, "exec %s failed: %s", r.Id, r.Reason)
 	}
-	return execStatus(r), nil
+	return execstore.AgentStatus(r), nil
 }
