@@ -119,7 +119,23 @@ func setReason(r *Record, reason string) {
 	}
 }
 
-type acceptedState struct{}
+// unfinished holds the moves shared by accepted and running: either can
+// fail (the agent refused it) or be lost.
+type unfinished struct{}
+
+func (unfinished) fail(r *Record, code codes.Code, reason string) error {
+	r.State = Failed
+	r.ErrorCode = int32(code)
+	setReason(r, reason)
+	return nil
+}
+func (unfinished) lose(r *Record, reason string) error {
+	r.State = Lost
+	setReason(r, reason)
+	return nil
+}
+
+type acceptedState struct{ unfinished }
 
 func (acceptedState) run(r *Record, s Started) error {
 	r.State = Running
@@ -131,19 +147,8 @@ func (acceptedState) progress(r *Record, p Progress) error { return illegal(r, "
 func (acceptedState) exit(r *Record, st *agentv1.ExecStatus, p Progress) error {
 	return illegal(r, "exit before it runs")
 }
-func (acceptedState) fail(r *Record, code codes.Code, reason string) error {
-	r.State = Failed
-	r.ErrorCode = int32(code)
-	setReason(r, reason)
-	return nil
-}
-func (acceptedState) lose(r *Record, reason string) error {
-	r.State = Lost
-	setReason(r, reason)
-	return nil
-}
 
-type runningState struct{}
+type runningState struct{ unfinished }
 
 func (runningState) run(r *Record, s Started) error { return illegal(r, "start") }
 func (runningState) progress(r *Record, p Progress) error {
@@ -190,17 +195,6 @@ func (s runningState) exit(r *Record, st *agentv1.ExecStatus, p Progress) error 
 	r.Stderr.Total = max(r.Stderr.Total, st.GetStderr().GetTotal())
 	r.Stdout.Truncated = r.Stdout.Truncated || st.GetStdout().GetTruncated()
 	r.Stderr.Truncated = r.Stderr.Truncated || st.GetStderr().GetTruncated()
-	return nil
-}
-func (runningState) fail(r *Record, code codes.Code, reason string) error {
-	r.State = Failed
-	r.ErrorCode = int32(code)
-	setReason(r, reason)
-	return nil
-}
-func (runningState) lose(r *Record, reason string) error {
-	r.State = Lost
-	setReason(r, reason)
 	return nil
 }
 

@@ -178,6 +178,21 @@ func seqKey(seq uint64) []byte {
 	return b[:]
 }
 
+// applyTx reads a record, applies f (a transition) and writes it back in tx.
+func applyTx(tx *bolt.Tx, id string, f func(r *Record) error) (*Record, error) {
+	cur, err := getRecord(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := f(cur); err != nil {
+		return nil, err
+	}
+	if err := putRecord(tx, cur); err != nil {
+		return nil, err
+	}
+	return cur, nil
+}
+
 func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 	v := tx.Bucket(bucketExecs).Get([]byte(id))
 	if v == nil {
@@ -284,14 +299,8 @@ func inlineKey(id string, stream int) []byte { return []byte(id + "\x00" + strco
 func (s *Store) UpdateOutput(id string, out Output, f func(r *Record) error) (r *Record, err error) {
 	err = s.batch(func(tx *bolt.Tx) error {
 		r = nil
-		cur, err := getRecord(tx, id)
+		cur, err := applyTx(tx, id, f)
 		if err != nil {
-			return err
-		}
-		if err := f(cur); err != nil {
-			return err
-		}
-		if err := putRecord(tx, cur); err != nil {
 			return err
 		}
 		b := tx.Bucket(bucketInline)
@@ -336,20 +345,9 @@ func (s *Store) InlineOutput(id string) (out Output, err error) {
 // Update applies f to a record (use the transition functions) and commits
 // it durably. An error from f aborts the change and is returned.
 func (s *Store) Update(id string, f func(r *Record) error) (r *Record, err error) {
-	err = s.batch(func(tx *bolt.Tx) error {
-		r = nil
-		cur, err := getRecord(tx, id)
-		if err != nil {
-			return err
-		}
-		if err := f(cur); err != nil {
-			return err
-		}
-		if err := putRecord(tx, cur); err != nil {
-			return err
-		}
-		r = cur
-		return nil
+	err = s.batch(func(tx *bolt.Tx) (err error) {
+		r, err = applyTx(tx, id, f)
+		return err
 	})
 	return r, err
 }
