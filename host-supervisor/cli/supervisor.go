@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"io"
 	"sync"
 	"time"
@@ -146,7 +145,6 @@ func (e *supervisorExecer) Start(ctx context.Context, req *agentv1.StartRequest)
 // far when the link to the daemon breaks (e.g. it restarts).
 func (e *supervisorExecer) CopyOutput(ctx context.Context, id string, off agentclient.Offsets, follow bool, stdout, stderr io.Writer) (*agentv1.ExecStatus, agentclient.Offsets, error) {
 	var final *supervisorv1.ExecRecord
-	var localErr error
 	err := e.c.call(ctx, func(api supervisorv1.SupervisorClient) error {
 		stream, err := api.ExecOutput(ctx, &supervisorv1.ExecOutputRequest{
 			Sandbox: e.sandbox, Id: id, StdoutOffset: off.Stdout, StderrOffset: off.Stderr, Follow: follow,
@@ -156,15 +154,10 @@ func (e *supervisorExecer) CopyOutput(ctx context.Context, id string, off agentc
 		}
 		last, err := agentclient.DrainOutput(id, stream.Recv, func(c *supervisorv1.ExecOutputChunk) bool { return c.Final != nil }, follow, &off, stdout, stderr)
 		final = last.GetFinal()
-		var lw *agentclient.LocalWriteError
-		if errors.As(err, &lw) {
-			localErr = lw.Err // the daemon link is fine: do not redial
-			return nil
-		}
-		return err
+		return err // a local write error is no connection error: call does not redial
 	})
-	if err == nil {
-		err = localErr
+	if lw, ok := err.(*agentclient.LocalWriteError); ok {
+		err = lw.Err
 	}
 	if err != nil || final == nil {
 		return nil, off, err
